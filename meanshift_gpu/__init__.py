@@ -1,0 +1,21 @@
+"""meanshift_gpu: fast, scikit-learn compatible mean-shift clustering.
+
+Public API
+----------
+MeanShift
+    The estimator, a drop-in for :class:`sklearn.cluster.MeanShift`.
+mean_shift
+    Functional interface.
+estimate_bandwidth
+    scikit-learn's bandwidth rule, computed in tiles with torch.
+get_bin_seeds
+    Grid seeding, as in scikit-learn.
+"""
+
+from ._bandwidth import estimate_bandwidth
+from ._estimator import MeanShift, mean_shift
+from ._seeding import get_bin_seeds
+
+__version__ = "0.1.0"
+
+__all__ = ["MeanShift", "estimate_bandwidth", "get_bin_seeds", "mean_shift", "__version__"]

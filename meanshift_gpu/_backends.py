@@ -1,0 +1,177 @@
+"""Backend registry: which implementation runs the hot operations.
+
+A backend provides three operations on scaled coordinates (bandwidth 1):
+
+- ``step(seeds, data, weights, kernel, block)``: one mean-shift step
+  (see :func:`meanshift_gpu._reference.mean_shift_step`);
+- ``nearest(points, centers, block)``: nearest-center index and squared distance;
+- ``kth_distance(queries, data, k, block)``: k-th neighbour distance.
+
+Selection rules (as in Liger-Kernel): an explicit ``backend=`` name must be
+available for the device or a clear error is raised; ``"auto"`` walks the
+priority list and takes the first backend that can run on the device, which
+always ends at the pure-torch engine.  New backends (Triton, pruned variants)
+register here without touching the estimator.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import _reference
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Tile sizes for one call: seeds (or queries) per block, data points per block."""
+
+    seeds: int
+    points: int
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One implementation of the hot operations.
+
+    ``unavailable(device)`` returns ``None`` when the backend can run on the
+    device, else a sentence that says why not and how to fix it.
+    """
+
+    name: str
+    step: Callable
+    nearest: Callable
+    kth_distance: Callable
+    unavailable: Callable[[torch.device], str | None]
+    auto_priority: int  # lower runs first under backend="auto"
+    # Stricter check for backend="auto" (e.g. never pick an interpreter); None = same.
+    auto_unavailable: Callable[[torch.device], str | None] | None = None
+
+
+_REGISTRY: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend) -> None:
+    """Add or replace a backend in the registry."""
+    _REGISTRY[backend.name] = backend
+
+
+def available_backends() -> list[str]:
+    """Names of all registered backends (available or not on this machine)."""
+    return sorted(_REGISTRY)
+
+
+def resolve_backend(name: str, device: torch.device) -> Backend:
+    """Return the backend to use for ``name`` (or ``"auto"``) on ``device``."""
+    if name == "auto":
+        for backend in sorted(_REGISTRY.values(), key=lambda b: b.auto_priority):
+            check = backend.auto_unavailable or backend.unavailable
+            if check(device) is None:
+                return backend
+        raise RuntimeError(f"no backend can run on device {device}")  # pragma: no cover
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"unknown backend {name!r}; expected 'auto' or one of {available_backends()}"
+        )
+    backend = _REGISTRY[name]
+    reason = backend.unavailable(device)
+    if reason is not None:
+        raise RuntimeError(f"backend={name!r} cannot run on device {device}: {reason}")
+    return backend
+
+
+# --------------------------------------------------------------------------- torch
+def _torch_step(seeds, data, weights, kernel, blocks: Blocks):
+    return _reference.mean_shift_step(
+        seeds, data, weights, kernel=kernel, seed_block=blocks.seeds, point_block=blocks.points
+    )
+
+
+def _torch_nearest(points, centers, blocks: Blocks):
+    return _reference.nearest_centers(points, centers, point_block=blocks.seeds * blocks.points // 64)
+
+
+def _torch_kth(queries, data, k, blocks: Blocks):
+    return _reference.kth_neighbor_distance(queries, data, k, query_block=blocks.seeds)
+
+
+register_backend(
+    Backend(
+        name="torch",
+        step=_torch_step,
+        nearest=_torch_nearest,
+        kth_distance=_torch_kth,
+        unavailable=lambda device: None,
+        auto_priority=100,
+    )
+)
+
+
+# -------------------------------------------------------------------------- triton
+def _triton_unavailable(device: torch.device) -> str | None:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "Triton is not installed (pip install 'meanshift-gpu[triton]')"
+    interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if device.type == "cuda" and not interpreted:
+        return None
+    if device.type == "cpu" and interpreted:
+        return None
+    if device.type == "cpu":
+        return (
+            "Triton kernels need a CUDA device; on the CPU they run only under the "
+            "interpreter (set TRITON_INTERPRET=1 before importing triton), or use backend='torch'"
+        )
+    return f"Triton kernels do not support device type {device.type!r}"
+
+
+def _triton_module():
+    try:
+        from . import kernels
+    except ImportError as exc:  # pragma: no cover - packaging error
+        raise RuntimeError("meanshift_gpu.kernels is missing from this installation") from exc
+    if not hasattr(kernels, "mean_shift_step"):
+        raise RuntimeError("this build of meanshift_gpu ships no Triton kernels yet")
+    return kernels
+
+
+def _triton_step(seeds, data, weights, kernel, blocks: Blocks):
+    return _triton_module().mean_shift_step(seeds, data, weights, kernel=kernel)
+
+
+def _triton_nearest(points, centers, blocks: Blocks):
+    return _triton_module().nearest_centers(points, centers)
+
+
+def _triton_kth(queries, data, k, blocks: Blocks):
+    return _triton_module().kth_neighbor_distance(queries, data, k)
+
+
+def _triton_auto_ok(device: torch.device) -> str | None:
+    # "auto" takes Triton only on a real GPU: the interpreter is for testing.
+    if device.type != "cuda":
+        return "auto uses Triton on CUDA devices only"
+    reason = _triton_unavailable(device)
+    if reason is None:
+        try:
+            _triton_module()
+        except RuntimeError as exc:
+            return str(exc)
+    return reason
+
+
+register_backend(
+    Backend(
+        name="triton",
+        step=_triton_step,
+        nearest=_triton_nearest,
+        kth_distance=_triton_kth,
+        unavailable=_triton_unavailable,
+        auto_priority=10,
+        auto_unavailable=_triton_auto_ok,
+    )
+)

@@ -1,0 +1,471 @@
+"""The scikit-learn compatible ``MeanShift`` estimator and ``mean_shift`` function.
+
+The estimator only validates, resolves its settings into private attributes and
+calls the engine; the algorithms live in :mod:`meanshift_gpu._engine`.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClusterMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from . import _engine
+from ._backends import resolve_backend
+from ._bandwidth import estimate_bandwidth
+from ._reference import KERNELS
+from ._seeding import bin_seeds
+from ._validation import (
+    as_tensor,
+    check_bandwidth_value,
+    check_points,
+    check_sample_weight,
+    check_tensor,
+    compute_dtype,
+    resolve_device,
+)
+
+ALGORITHMS = ("standard", "blurring")
+
+
+@dataclass
+class _FitResult:
+    centers: torch.Tensor  # original units
+    labels: torch.Tensor
+    n_iter: int
+    bandwidth: float | np.ndarray
+    scale: torch.Tensor
+    offset: torch.Tensor
+
+
+class MeanShift(ClusterMixin, BaseEstimator):
+    """Mean shift clustering, a drop-in for :class:`sklearn.cluster.MeanShift`.
+
+    Every seed repeatedly moves to the kernel-weighted mean of the data around
+    it until it stops moving; seeds that end within one bandwidth of a denser
+    mode are merged into it, and every point is labelled with its nearest mode.
+    With the defaults this reproduces scikit-learn's flat-kernel algorithm
+    exactly (same windows, stopping rule, merge order and labels), computed
+    in tiles with torch on the GPU or CPU.
+
+    Parameters
+    ----------
+    bandwidth : float, array-like of shape (n_features,) or None, default=None
+        Kernel radius (flat, Epanechnikov) or standard deviation (Gaussian).
+        An array gives one bandwidth per feature (an anisotropic product
+        kernel, the same as dividing each feature by its bandwidth).  None
+        estimates it with :func:`estimate_bandwidth` (sklearn's rule).
+    seeds : array-like of shape (n_seeds, n_features), default=None
+        Initial kernel positions; all points (or bin seeds) when None.
+    bin_seeding : bool, default=False
+        Seed from the occupied cells of a grid with spacing = bandwidth.
+        Ignored when ``seeds`` is given.
+    min_bin_freq : int, default=1
+        Only cells with at least this (weighted) number of points become seeds.
+    cluster_all : bool, default=True
+        If False, points farther than one bandwidth from every center get
+        label -1.
+    n_jobs : int, default=None
+        Accepted for compatibility with scikit-learn and ignored: parallelism
+        comes from torch's threads (``torch.set_num_threads``) or the GPU.
+    max_iter : int, default=300
+        Maximum number of iterations per seed.
+    kernel : {"flat", "gaussian", "epanechnikov"}, default="flat"
+        Kernel profile.  "flat" is scikit-learn's.
+    algorithm : {"standard", "blurring"}, default="standard"
+        "standard" moves seeds over fixed data; "blurring" moves the data
+        themselves each iteration and stops when no point moves more than
+        ``tol * bandwidth`` (``seeds`` and ``bin_seeding`` do not apply).
+    tol : float, default=1e-3
+        A seed has converged when its shift is at most ``tol * bandwidth``
+        (scikit-learn's fixed value is 1e-3).
+    device : str or torch.device, default="auto"
+        "auto" (a CUDA tensor's device, else CUDA if available, else CPU),
+        "cpu", "cuda", "cuda:1" or a :class:`torch.device`.
+    backend : str, default="auto"
+        Implementation of the hot loop: "auto" (Triton kernels on CUDA when
+        installed, else torch), "torch" or "triton".
+    batch_size : int or "auto", default="auto"
+        Seeds per tile; "auto" sizes tiles from a memory budget.  Results do
+        not depend on it beyond float rounding.
+    verbose : bool, default=False
+        Show a progress bar (tqdm, if installed) or log lines.
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (n_clusters, n_features)
+        Coordinates of the cluster centers, densest first.
+    labels_ : ndarray of shape (n_samples,)
+        Label of each point (-1 for orphans when ``cluster_all=False``).
+    n_iter_ : int
+        Maximum number of iterations performed on any seed.
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of the features, when ``X`` has string column names.
+    bandwidth_ : float or ndarray of shape (n_features,)
+        The bandwidth actually used (estimated when ``bandwidth=None``).
+    cluster_sizes_ : ndarray of shape (n_clusters,)
+        Number of points labelled with each cluster.
+
+    See Also
+    --------
+    sklearn.cluster.MeanShift : The CPU reference this estimator reproduces.
+    mean_shift : Functional interface.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from meanshift_gpu import MeanShift
+    >>> X = np.array([[1, 1], [2, 1], [1, 0], [4, 7], [3, 5], [3, 6]])
+    >>> clustering = MeanShift(bandwidth=2).fit(X)
+    >>> clustering.labels_
+    array([1, 1, 1, 0, 0, 0])
+    >>> clustering.predict([[0, 0], [5, 5]])
+    array([1, 0])
+    """
+
+    _parameter_constraints: dict = {
+        "bandwidth": [Interval(numbers.Real, 0, None, closed="neither"), "array-like", None],
+        "seeds": ["array-like", None],
+        "bin_seeding": ["boolean"],
+        "min_bin_freq": [Interval(numbers.Integral, 1, None, closed="left")],
+        "cluster_all": ["boolean"],
+        "n_jobs": [numbers.Integral, None],
+        "max_iter": [Interval(numbers.Integral, 0, None, closed="left")],
+        "kernel": [StrOptions(set(KERNELS))],
+        "algorithm": [StrOptions(set(ALGORITHMS))],
+        "tol": [Interval(numbers.Real, 0, None, closed="left")],
+        "device": [str, torch.device],
+        "backend": [str],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        *,
+        bandwidth=None,
+        seeds=None,
+        bin_seeding=False,
+        min_bin_freq=1,
+        cluster_all=True,
+        n_jobs=None,
+        max_iter=300,
+        kernel="flat",
+        algorithm="standard",
+        tol=1e-3,
+        device="auto",
+        backend="auto",
+        batch_size="auto",
+        verbose=False,
+    ):
+        self.bandwidth = bandwidth
+        self.seeds = seeds
+        self.bin_seeding = bin_seeding
+        self.min_bin_freq = min_bin_freq
+        self.cluster_all = cluster_all
+        self.n_jobs = n_jobs
+        self.max_iter = max_iter
+        self.kernel = kernel
+        self.algorithm = algorithm
+        self.tol = tol
+        self.device = device
+        self.backend = backend
+        self.batch_size = batch_size
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ fitting
+    def _validate_X(self, X, *, reset: bool):
+        if isinstance(X, torch.Tensor):
+            n_features = None if reset else self.n_features_in_
+            X = check_tensor(X, "X", n_features)
+            if reset:
+                self.n_features_in_ = X.shape[1]
+                if hasattr(self, "feature_names_in_"):
+                    del self.feature_names_in_
+            return X
+        return validate_data(self, X, reset=reset, dtype=[np.float64, np.float32])
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None, sample_weight=None):
+        """Perform clustering.
+
+        Parameters
+        ----------
+        X : array-like or torch.Tensor of shape (n_samples, n_features)
+            Samples to cluster.  A tensor stays on its device (with
+            ``device="auto"``).
+        y : Ignored
+            Not used, present for API consistency by convention.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weight of each point in every kernel sum; a point of
+            integer weight w counts as w copies of it.  Zero-weight points
+            are not seeds but still get a label.
+
+        Returns
+        -------
+        self : MeanShift
+            Fitted estimator.
+        """
+        X = self._validate_X(X, reset=True)
+        device = resolve_device(self.device, X)
+        dtype = compute_dtype(X.dtype)
+        data = as_tensor(X, device, dtype)
+        weights = check_sample_weight(sample_weight, data.shape[0], device, dtype)
+        result = _fit(self, X, data, weights, device)
+        out_dtype = np.float32 if dtype == torch.float32 else np.float64
+        self.cluster_centers_ = result.centers.cpu().numpy().astype(out_dtype, copy=False)
+        self.labels_ = result.labels.cpu().numpy().astype(np.int64, copy=False)
+        self.n_iter_ = result.n_iter
+        self.bandwidth_ = result.bandwidth
+        self.cluster_sizes_ = np.bincount(
+            self.labels_[self.labels_ >= 0], minlength=len(self.cluster_centers_)
+        )
+        self._scale = result.scale.cpu().numpy()
+        self._offset = result.offset.cpu().numpy()
+        return self
+
+    def predict(self, X):
+        """Predict the closest cluster each sample in X belongs to.
+
+        Parameters
+        ----------
+        X : array-like or torch.Tensor of shape (n_samples, n_features)
+            New data.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+            Index of the nearest cluster center (per-feature bandwidths define
+            the metric when given).
+        """
+        check_is_fitted(self)
+        X = self._validate_X(X, reset=False)
+        device = resolve_device(self.device, X)
+        dtype = compute_dtype(X.dtype)
+        points = as_tensor(X, device, dtype)
+        scale = torch.as_tensor(self._scale, device=device, dtype=dtype)
+        offset = torch.as_tensor(self._offset, device=device, dtype=dtype)
+        centers = (as_tensor(self.cluster_centers_, device, dtype) - offset) / scale
+        config = _config(self, device, dtype)
+        labels = _engine.assign_labels((points - offset) / scale, centers, config, True)
+        return labels.cpu().numpy().astype(np.int64, copy=False)
+
+    def fit_predict(self, X, y=None, sample_weight=None):
+        """Fit and return the labels of the training points.
+
+        Parameters
+        ----------
+        X : array-like or torch.Tensor of shape (n_samples, n_features)
+            Samples to cluster.
+        y : Ignored
+            Not used.
+        sample_weight : array-like of shape (n_samples,), default=None
+            See :meth:`fit`.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+            Cluster labels.
+        """
+        return self.fit(X, sample_weight=sample_weight).labels_
+
+
+def _config(est: MeanShift, device: torch.device, dtype: torch.dtype) -> _engine.EngineConfig:
+    return _engine.EngineConfig(
+        backend=resolve_backend(est.backend, device),
+        kernel=est.kernel,
+        blocks=_engine.auto_blocks(device, est.batch_size, dtype),
+        tol=float(est.tol),
+        max_iter=int(est.max_iter),
+        verbose=bool(est.verbose),
+    )
+
+
+def _resolve_bandwidth(est: MeanShift, X, n_features: int):
+    if est.bandwidth is None:
+        return float(estimate_bandwidth(X, device=est.device, backend=est.backend))
+    return check_bandwidth_value(est.bandwidth, n_features)
+
+
+def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
+    n_samples, n_features = data.shape
+    dtype = data.dtype
+    config = _config(est, device, dtype)
+    if est.algorithm == "blurring" and (est.seeds is not None or est.bin_seeding):
+        raise ValueError(
+            "algorithm='blurring' moves the data themselves, so seeds and bin_seeding do "
+            "not apply; use algorithm='standard' with them"
+        )
+    bandwidth = _resolve_bandwidth(est, X, n_features)
+    scale = torch.as_tensor(np.array(np.broadcast_to(bandwidth, (n_features,))), dtype=dtype, device=device)
+    offset = data.mean(0)
+
+    seeds = None
+    if est.seeds is not None:
+        seeds = as_tensor(check_points(est.seeds, "seeds", n_features), device, dtype)
+    elif est.bin_seeding and np.all(scale.cpu().numpy() > 0):
+        # Bin in the user's coordinates (not centred) so the grid is sklearn's.
+        binned = bin_seeds(data / scale, 1.0, est.min_bin_freq, weights)
+        if binned is None:
+            import warnings
+
+            warnings.warn(
+                f"Binning data failed with provided bin_size={float(np.max(bandwidth)):f}, "
+                "using data points as seeds."
+            )
+        else:
+            seeds = binned * scale
+
+    if not bool((scale > 0).all()):
+        return _fit_zero_bandwidth(est, data, weights, seeds, bandwidth, scale, config)
+
+    scaled = (data - offset) / scale
+    if est.algorithm == "blurring":
+        ascent = _engine.blur(scaled, weights, config)
+        modes_at = ascent.positions
+    else:
+        if seeds is None:
+            seeds_scaled = scaled if weights is None else scaled[weights > 0]
+        else:
+            seeds_scaled = (seeds - offset) / scale
+        ascent = _engine.ascend_seeds(seeds_scaled, scaled, weights, config)
+        modes_at = scaled
+    centers = _engine.merge_modes(ascent.positions, ascent.log_density)
+    if centers.shape[0] == 0:
+        raise ValueError(
+            f"No point was within bandwidth={_format_bandwidth(bandwidth)} of any seed. Try a "
+            "different seeding strategy or increase the bandwidth."
+        )
+    labels = _engine.assign_labels(modes_at, centers, config, est.cluster_all)
+    return _FitResult(
+        centers=centers * scale + offset,
+        labels=labels,
+        n_iter=int(ascent.n_iter.max()) if ascent.n_iter.numel() else 0,
+        bandwidth=bandwidth,
+        scale=scale,
+        offset=offset,
+    )
+
+
+def _format_bandwidth(bandwidth) -> str:
+    if isinstance(bandwidth, np.ndarray):
+        return np.array2string(bandwidth, precision=6)
+    return f"{bandwidth:g}" if bandwidth >= 1e-4 else f"{bandwidth:f}"
+
+
+def _fit_zero_bandwidth(est, data, weights, seeds, bandwidth, scale, config) -> _FitResult:
+    """Bandwidth 0 (an estimate on heavily duplicated data): modes are the points.
+
+    Every kernel shrinks to "the identical points", so each distinct point
+    that is also a seed is a mode, weighted by its multiplicity.
+    """
+    config.log("bandwidth is 0: every distinct point is its own mode")
+    unique, inverse = torch.unique(data, dim=0, return_inverse=True)
+    w = torch.ones(data.shape[0], dtype=data.dtype, device=data.device) if weights is None else weights
+    multiplicity = torch.zeros(unique.shape[0], dtype=data.dtype, device=data.device)
+    multiplicity.index_add_(0, inverse, w)
+    rows = _match_rows(unique, data if seeds is None else seeds)
+    rows = torch.unique(rows[rows >= 0])
+    rows = rows[multiplicity[rows] > 0]
+    if rows.numel() == 0:
+        raise ValueError(
+            "No point was within bandwidth=0 of any seed. Try a different seeding strategy "
+            "or increase the bandwidth."
+        )
+    # Radius 0: only exact duplicates merge, and they are already unique.
+    candidates = unique[rows]
+    centers = candidates[_engine.densest_first(candidates, multiplicity[rows])]
+    center_of_unique = torch.full((unique.shape[0],), -1, dtype=torch.long, device=data.device)
+    center_of_unique[_match_rows(unique, centers)] = torch.arange(centers.shape[0], device=data.device)
+    labels = center_of_unique[inverse]
+    if est.cluster_all and bool((labels < 0).any()):
+        missing = labels < 0
+        labels[missing] = _reference_nearest(data[missing], centers)
+    return _FitResult(centers, labels, 0, bandwidth, torch.ones_like(scale), torch.zeros_like(scale))
+
+
+def _reference_nearest(points, centers):
+    from ._reference import nearest_centers
+
+    return nearest_centers(points, centers)[0]
+
+
+def _match_rows(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Index in ``table`` (unique rows) of each row of ``rows``, or -1."""
+    both = torch.cat([table, rows])
+    _, inverse = torch.unique(both, dim=0, return_inverse=True)
+    lookup = torch.full((int(inverse.max()) + 1,), -1, dtype=torch.long, device=table.device)
+    lookup[inverse[: table.shape[0]]] = torch.arange(table.shape[0], device=table.device)
+    return lookup[inverse[table.shape[0] :]]
+
+
+def mean_shift(
+    X,
+    *,
+    bandwidth=None,
+    seeds=None,
+    bin_seeding: bool = False,
+    min_bin_freq: int = 1,
+    cluster_all: bool = True,
+    max_iter: int = 300,
+    n_jobs: int | None = None,
+    sample_weight=None,
+    **options,
+):
+    """Perform mean shift clustering of data (functional interface).
+
+    Same signature and results as :func:`sklearn.cluster.mean_shift`, plus
+    ``sample_weight`` and any :class:`MeanShift` option (``kernel``,
+    ``algorithm``, ``tol``, ``device``, ``backend``, ``batch_size``,
+    ``verbose``) as keyword arguments.
+
+    Parameters
+    ----------
+    X : array-like or torch.Tensor of shape (n_samples, n_features)
+        Input data.
+    bandwidth, seeds, bin_seeding, min_bin_freq, cluster_all, max_iter, n_jobs
+        See :class:`MeanShift`.
+    sample_weight : array-like of shape (n_samples,), default=None
+        Weight of each point.
+    **options
+        Further :class:`MeanShift` parameters.
+
+    Returns
+    -------
+    cluster_centers : ndarray or Tensor of shape (n_clusters, n_features)
+        Cluster centers; a tensor on ``X``'s device when ``X`` is a tensor.
+    labels : ndarray or Tensor of shape (n_samples,)
+        Cluster label of each point.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from meanshift_gpu import mean_shift
+    >>> X = np.array([[1, 1], [2, 1], [1, 0], [4, 7], [3, 5], [3, 6]])
+    >>> centers, labels = mean_shift(X, bandwidth=2)
+    >>> labels
+    array([1, 1, 1, 0, 0, 0])
+    """
+    model = MeanShift(
+        bandwidth=bandwidth,
+        seeds=seeds,
+        bin_seeding=bin_seeding,
+        min_bin_freq=min_bin_freq,
+        cluster_all=cluster_all,
+        max_iter=max_iter,
+        n_jobs=n_jobs,
+        **options,
+    ).fit(X, sample_weight=sample_weight)
+    if isinstance(X, torch.Tensor):
+        return (
+            torch.as_tensor(model.cluster_centers_, device=X.device),
+            torch.as_tensor(model.labels_, device=X.device),
+        )
+    return model.cluster_centers_, model.labels_

@@ -1,0 +1,176 @@
+"""Input checks and conversions shared by the public functions.
+
+Arrays (numpy, lists, pandas) go through scikit-learn's own validation, so the
+error messages are the ones sklearn users know.  Torch tensors stay tensors (and
+stay on their device); they get the same checks here.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import torch
+from sklearn.utils import check_array
+
+_FLOAT_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
+
+
+def resolve_device(device, X=None) -> torch.device:
+    """Turn ``device`` ("auto", "cpu", "cuda", "cuda:1", torch.device) into a torch.device.
+
+    ``"auto"`` follows a CUDA tensor's device, else takes CUDA when available,
+    else the CPU.
+    """
+    if isinstance(device, str) and device == "auto":
+        if isinstance(X, torch.Tensor) and X.device.type != "cpu":
+            return X.device
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(
+            f"device must be 'auto', a device string such as 'cpu' or 'cuda:0', or a "
+            f"torch.device; got {type(device).__name__}"
+        )
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(
+            f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        ) from exc
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={device!r} was requested but no CUDA GPU is available "
+                "(torch.cuda.is_available() is False); use device='cpu' or 'auto'"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={device!r} was requested but only {torch.cuda.device_count()} "
+                "CUDA device(s) exist"
+            )
+    elif resolved.type not in ("cpu", "mps", "xpu"):
+        raise ValueError(f"unsupported device {device!r}; use 'auto', 'cpu' or 'cuda'")
+    return resolved
+
+
+def compute_dtype(dtype) -> torch.dtype:
+    """Float dtype the engine computes in for input of ``dtype``."""
+    if isinstance(dtype, torch.dtype):
+        return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    return _FLOAT_DTYPES.get(np.dtype(dtype), torch.float64)
+
+
+def check_tensor(X: torch.Tensor, name: str = "X", n_features: int | None = None) -> torch.Tensor:
+    """Validate a 2-D torch tensor of samples; return it as a float tensor."""
+    if X.is_sparse or X.layout != torch.strided:
+        raise TypeError(
+            f"{name} is a sparse tensor, but dense data is required; use {name}.to_dense()"
+        )
+    if X.is_complex():
+        raise TypeError(f"{name} is complex ({X.dtype}); mean shift needs real-valued data")
+    if X.dtype == torch.bool:
+        X = X.to(torch.float64)
+    if X.ndim != 2:
+        hint = " Reshape with X.reshape(-1, 1) for a single feature." if X.ndim == 1 else ""
+        raise ValueError(
+            f"Expected a 2-D {name} of shape (n_samples, n_features), got shape "
+            f"{tuple(X.shape)}.{hint}"
+        )
+    if X.shape[0] == 0:
+        raise ValueError(f"Found array with 0 sample(s) (shape={tuple(X.shape)}) in {name}")
+    if X.shape[1] == 0:
+        raise ValueError(f"Found array with 0 feature(s) (shape={tuple(X.shape)}) in {name}")
+    X = X.to(compute_dtype(X.dtype))
+    if not bool(torch.isfinite(X).all()):
+        raise ValueError(
+            f"Input {name} contains NaN or infinity; remove or impute those values first"
+        )
+    if n_features is not None and X.shape[1] != n_features:
+        raise ValueError(
+            f"{name} has {X.shape[1]} features, but MeanShift is expecting "
+            f"{n_features} features as input"
+        )
+    return X
+
+
+def as_tensor(X, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A validated array or tensor as a contiguous torch tensor on ``device``."""
+    if isinstance(X, torch.Tensor):
+        t = X
+    else:
+        arr = np.ascontiguousarray(X)
+        # torch cannot wrap read-only memory (memmaps, broadcast views): copy it.
+        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+    return t.to(device=device, dtype=dtype or compute_dtype(t.dtype)).contiguous()
+
+
+def check_points(X, name: str, n_features: int | None = None):
+    """Validate samples (array-like or tensor) without an estimator.
+
+    Returns a float numpy array or a float torch tensor.
+    """
+    if isinstance(X, torch.Tensor):
+        return check_tensor(X, name, n_features)
+    X = check_array(X, dtype=[np.float64, np.float32], input_name=name)
+    if n_features is not None and X.shape[1] != n_features:
+        raise ValueError(
+            f"{name} has {X.shape[1]} features, but X has {n_features}; they must match"
+        )
+    return X
+
+
+def check_sample_weight(sample_weight, n_samples: int, device, dtype) -> torch.Tensor | None:
+    """Validate sample weights; ``None`` (or all ones) becomes ``None``."""
+    if sample_weight is None:
+        return None
+    if isinstance(sample_weight, numbers.Number) and not isinstance(sample_weight, bool):
+        sample_weight = np.full(n_samples, float(sample_weight))
+    if isinstance(sample_weight, torch.Tensor):
+        w = sample_weight.detach().to(device=device, dtype=dtype)
+    else:
+        arr = np.asarray(sample_weight)
+        if arr.dtype == object or arr.dtype.kind in "OUSc":
+            raise ValueError("sample_weight must be numeric")
+        w = torch.as_tensor(np.asarray(arr, dtype=np.float64), device=device).to(dtype)
+    if w.ndim != 1 or w.shape[0] != n_samples:
+        raise ValueError(
+            f"sample_weight.shape == {tuple(w.shape)}, expected ({n_samples},)"
+        )
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError("sample_weight contains NaN or infinity")
+    if bool((w < 0).any()):
+        raise ValueError("Negative values in data passed to sample_weight; weights must be >= 0")
+    if not bool((w > 0).any()):
+        raise ValueError("sample_weight is all zero; at least one point needs a positive weight")
+    if bool((w == 1).all()):
+        return None
+    return w.contiguous()
+
+
+def check_bandwidth_value(bandwidth, n_features: int) -> np.ndarray | float:
+    """A user bandwidth as a positive float or a positive per-feature array."""
+    if isinstance(bandwidth, bool):
+        raise TypeError("bandwidth must be a positive float or an array, not a bool")
+    if isinstance(bandwidth, numbers.Real):
+        value = float(bandwidth)
+        if not np.isfinite(value) or value <= 0:
+            raise ValueError(f"bandwidth must be a positive finite number, got {bandwidth!r}")
+        return value
+    if isinstance(bandwidth, torch.Tensor):
+        bandwidth = bandwidth.detach().cpu().numpy()
+    arr = np.asarray(bandwidth, dtype=np.float64) if not isinstance(bandwidth, str) else None
+    if arr is None or arr.ndim > 1:
+        raise ValueError(
+            f"bandwidth must be a positive float or a 1-D array of one bandwidth per "
+            f"feature, got {bandwidth!r}"
+        )
+    if arr.ndim == 0:
+        return check_bandwidth_value(float(arr), n_features)
+    if arr.shape[0] != n_features:
+        raise ValueError(
+            f"bandwidth has {arr.shape[0]} entries but X has {n_features} features; give "
+            "one bandwidth per feature or a single float"
+        )
+    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(f"every per-feature bandwidth must be positive and finite, got {arr}")
+    return arr

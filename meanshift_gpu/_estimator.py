@@ -289,6 +289,8 @@ def _config(est: MeanShift, device: torch.device, dtype: torch.dtype) -> _engine
 
 
 def _resolve_bandwidth(est: MeanShift, X, n_features: int):
+    """The bandwidth to use: a positive float or a per-feature array (or 0.0 from
+    sklearn's estimate on heavily duplicated data)."""
     if est.bandwidth is None:
         return float(estimate_bandwidth(X, device=est.device, backend=est.backend))
     return check_bandwidth_value(est.bandwidth, n_features)

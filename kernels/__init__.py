@@ -2,5 +2,198 @@
 
 Import this subpackage only through ``meanshift_gpu`` (never as a top-level
 ``kernels`` module: another PyPI package has that name).  Triton is imported
-lazily by the kernel modules, so the library works without it.
+lazily, on the first kernel call, so the library imports and works without
+it; calling a kernel without Triton raises an ``ImportError`` that says how
+to install it.
+
+The kernels work on *scaled* coordinates (bandwidth 1) and follow the
+contracts of :mod:`meanshift_gpu._reference`, which is their test oracle:
+
+- :func:`mean_shift_step`: fused flash-attention-style mean-shift step;
+- :func:`nearest_centers`: fused argmin over cluster centers;
+- :func:`kth_neighbor_distance`: k-th-neighbour distance (bandwidth estimate).
+
+They run compiled on CUDA tensors, or on CPU tensors under Triton's
+interpreter (``TRITON_INTERPRET=1``, which must be set before Triton is first
+imported; slow, for tests).  Tile sizes are autotuned on the GPU and fixed
+under the interpreter.
 """
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from meanshift_gpu._reference import StepResult
+
+__all__ = ["PRECISIONS", "kth_neighbor_distance", "mean_shift_step", "nearest_centers"]
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def _implementation(name: str) -> ModuleType:
+    """Import a kernel module (and Triton) on first use, with clear errors."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            "the Triton kernels need the 'triton' package (pip install 'meanshift-gpu[triton]'); "
+            "without it use backend='torch'"
+        ) from exc
+    from . import _common
+
+    reason = _common.triton_mode_error()
+    if reason is not None:
+        raise RuntimeError(reason)
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def mean_shift_step(
+    seeds: "torch.Tensor",
+    data: "torch.Tensor",
+    weights: "torch.Tensor | None" = None,
+    *,
+    kernel: str = "flat",
+    precision: str = "fp32",
+    block_seeds: int | None = None,
+    block_points: int | None = None,
+) -> "StepResult":
+    """One fused mean-shift step: move every seed to the kernel-weighted data mean.
+
+    An attention pass with queries = seeds, keys = values = data and logits
+    ``-|q - x|^2 / 2`` (bandwidth 1), computed like flash attention: data
+    tiles stream past a block of seeds and only the weighted sums are kept.
+    Results match :func:`meanshift_gpu._reference.mean_shift_step` to float32
+    rounding (``precision="fp32"``).
+
+    Parameters
+    ----------
+    seeds : Tensor of shape (n_seeds, n_features)
+        Current seed positions (scaled coordinates), on a CUDA device (or
+        the CPU under ``TRITON_INTERPRET=1``).
+    data : Tensor of shape (n_points, n_features)
+        Data points (scaled coordinates), same device as ``seeds``.
+    weights : Tensor of shape (n_points,) or None
+        Non-negative sample weights (not checked here); ``None`` means ones.
+    kernel : {"flat", "gaussian", "epanechnikov"}
+        Kernel profile; the bandwidth is 1 in scaled coordinates.
+    precision : {"fp32", "tf32", "bf16"}, default="fp32"
+        Operand precision of the dot products for 5 or more features
+        (accumulation is always float32).  ``"tf32"``/``"bf16"`` round
+        coordinates and kernel weights to 11/8 significant bits: the step is
+        exact for inputs perturbed by ``2**-11``/``2**-8`` relative, see
+        ``meanshift_gpu.kernels._mean_shift_step``.  Up to 4 features the
+        distances are per-feature differences and always float32.
+    block_seeds, block_points : int or None
+        Tile sizes (powers of two >= 16); ``None`` autotunes on the GPU and
+        uses fixed small tiles under the interpreter.  Results do not depend
+        on them beyond float rounding.
+
+    Returns
+    -------
+    StepResult
+        ``positions`` (n_seeds, n_features) and ``log_density`` (n_seeds,),
+        in the seeds' dtype.  A seed with an empty window keeps its position
+        and gets ``log_density = -inf``.
+
+    Examples
+    --------
+    >>> import os, torch
+    >>> _ = os.environ.setdefault("TRITON_INTERPRET", "1")  # CPU tensors need the interpreter
+    >>> from meanshift_gpu import kernels
+    >>> data = torch.tensor([[0.0], [0.5], [5.0]])
+    >>> kernels.mean_shift_step(data[:1], data).positions
+    tensor([[0.2500]])
+    """
+    return _implementation("_mean_shift_step").mean_shift_step(
+        seeds, data, weights, kernel=kernel, precision=precision,
+        block_seeds=block_seeds, block_points=block_points,
+    )
+
+
+def nearest_centers(
+    points: "torch.Tensor",
+    centers: "torch.Tensor",
+    *,
+    block_points: int | None = None,
+    block_centers: int | None = None,
+) -> "tuple[torch.Tensor, torch.Tensor]":
+    """Index of, and squared distance to, the nearest center of every point.
+
+    Fused argmin: centers stream past a block of points, so no points x
+    centers matrix is written.  Ties go to the lowest center index, as in
+    :func:`meanshift_gpu._reference.nearest_centers`.
+
+    Parameters
+    ----------
+    points : Tensor of shape (n_points, n_features)
+        Points to label (scaled coordinates).
+    centers : Tensor of shape (n_centers, n_features)
+        Cluster centers, ``n_centers >= 1``, same device as ``points``.
+    block_points, block_centers : int or None
+        Tile sizes (powers of two >= 16); ``None`` picks them automatically.
+
+    Returns
+    -------
+    index : Tensor of shape (n_points,), int64
+        Nearest center of each point.
+    dist2 : Tensor of shape (n_points,)
+        Squared distance to it, in the points' dtype.
+
+    Examples
+    --------
+    >>> import os, torch
+    >>> _ = os.environ.setdefault("TRITON_INTERPRET", "1")
+    >>> from meanshift_gpu import kernels
+    >>> idx, d2 = kernels.nearest_centers(torch.tensor([[0.0], [3.0]]), torch.tensor([[1.0], [4.0]]))
+    >>> idx.tolist(), d2.tolist()
+    ([0, 1], [1.0, 1.0])
+    """
+    return _implementation("_nearest_centers").nearest_centers(
+        points, centers, block_points=block_points, block_centers=block_centers
+    )
+
+
+def kth_neighbor_distance(
+    queries: "torch.Tensor", data: "torch.Tensor", k: int, *, query_block: int | None = None
+) -> "torch.Tensor":
+    """Distance from each query to its k-th nearest data point (1-based).
+
+    Squared distances of a block of queries are produced by a fused Triton
+    tile kernel and the k-th is selected with ``torch.kthvalue`` (a fused
+    selection cannot hold the ``k = 0.3 N`` candidates on chip; see
+    ``meanshift_gpu.kernels._kth_neighbor``).  A query that is itself in
+    ``data`` counts as its own first neighbour, as in sklearn.
+
+    Parameters
+    ----------
+    queries : Tensor of shape (n_queries, n_features)
+        Query points.
+    data : Tensor of shape (n_points, n_features)
+        Reference points, same device as ``queries``.
+    k : int
+        Rank of the neighbour, ``1 <= k <= n_points``.
+    query_block : int or None
+        Queries per distance block; ``None`` sizes it from a memory budget.
+
+    Returns
+    -------
+    Tensor of shape (n_queries,)
+        Distances (not squared), in the queries' dtype.
+
+    Examples
+    --------
+    >>> import os, torch
+    >>> _ = os.environ.setdefault("TRITON_INTERPRET", "1")
+    >>> from meanshift_gpu import kernels
+    >>> x = torch.tensor([[0.0], [1.0], [3.0]])
+    >>> kernels.kth_neighbor_distance(x, x, 2).tolist()
+    [1.0, 1.0, 2.0]
+    """
+    return _implementation("_kth_neighbor").kth_neighbor_distance(
+        queries, data, k, query_block=query_block
+    )

@@ -10,12 +10,16 @@ estimate_bandwidth
     scikit-learn's bandwidth rule, computed in tiles with torch.
 get_bin_seeds
     Grid seeding, as in scikit-learn.
+feature_bandwidths
+    Per-feature bandwidths from per-group values (features in mixed units).
 """
 
 from ._bandwidth import estimate_bandwidth
 from ._estimator import MeanShift, mean_shift
+from ._bandwidth import feature_bandwidths
 from ._seeding import get_bin_seeds
 
 __version__ = "0.1.0"
 
 __all__ = ["MeanShift", "estimate_bandwidth", "get_bin_seeds", "mean_shift", "__version__"]
+__all__ += ["feature_bandwidths"]

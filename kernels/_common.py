@@ -1,0 +1,157 @@
+"""Helpers shared by the Triton kernels: input preparation, tile shapes, rounding.
+
+This module imports Triton at import time; :mod:`meanshift_gpu.kernels`
+imports it lazily, on the first kernel call, so that ``import meanshift_gpu``
+works without Triton.
+
+Triton decides between compiled and interpreted kernels when a function is
+decorated with ``triton.jit``, from ``TRITON_INTERPRET``: its own
+``triton.language`` helpers when Triton is imported, ours when this package's
+kernel modules are.  Both must agree, so the variable has to be set before
+Triton is first imported; :func:`triton_mode_error` explains the problem
+when it was not.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRETED: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def triton_interprets() -> bool:
+    """Whether Triton's own library was built for the interpreter (fixed at its import)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(tl.zeros, InterpretedFunction)
+
+
+def triton_mode_error() -> str | None:
+    """Why kernels cannot run in the current process, or None when they can."""
+    wanted = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    built = triton_interprets()
+    if wanted == built == INTERPRETED:
+        return None
+    state = "interpreted" if built else "compiled"
+    return (
+        f"Triton was imported in {state} mode but TRITON_INTERPRET is now "
+        f"{os.environ.get('TRITON_INTERPRET', 'unset')!r}; set TRITON_INTERPRET before anything "
+        "imports triton (e.g. at the very top of the script or test module) and restart"
+    )
+
+# Up to this many features, squared distances are summed from per-feature
+# differences: exact to rounding (no |q|^2 - 2 q.x + |x|^2 cancellation), so
+# sklearn's inclusive ``distance <= bandwidth`` window is kept on integer-like
+# data, and cheaper than a dot product padded to the 16 columns that
+# ``tl.dot`` needs.  (The torch reference switches at 3 features; at 4 the
+# kernels are the more exact of the two.)
+EXACT_MAX_FEATURES = 4
+
+# Feature axes up to this width stay in registers whole (one feature tile);
+# wider ones are cut into tiles of ``FEATURE_TILE`` columns.
+RESIDENT_MAX_FEATURES = 256
+FEATURE_TILE = 128
+
+# ``tl.dot`` needs every dimension >= 16 on the GPU.
+MIN_DOT_DIM = 16
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+# Mantissa bits dropped from a float32 when rounding to the operand format.
+_DROPPED_BITS = {"fp32": 0, "tf32": 13, "bf16": 16}
+
+
+def check_device(*tensors: torch.Tensor) -> None:
+    """Raise a clear error when Triton cannot run on the tensors' device."""
+    device = tensors[0].device
+    for tensor in tensors[1:]:
+        if tensor.device != device:
+            raise ValueError(
+                f"all inputs must be on the same device, got {device} and {tensor.device}; "
+                "move them with .to(device)"
+            )
+    # (The interpreter also accepts CUDA tensors: it copies them through the host.)
+    if device.type == "cuda" or (device.type == "cpu" and INTERPRETED):
+        return
+    if device.type == "cpu":
+        raise RuntimeError(
+            "Triton kernels need CUDA tensors; CPU tensors run only under the interpreter "
+            "(set TRITON_INTERPRET=1 before triton is first imported), or use the torch backend"
+        )
+    raise RuntimeError(f"Triton kernels do not support device type {device.type!r}")
+
+
+def as_rows(tensor: torch.Tensor, name: str, n_features: int | None = None) -> torch.Tensor:
+    """A float32 2-D tensor whose rows are contiguous (row stride may be larger)."""
+    if tensor.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n, n_features), got shape {tuple(tensor.shape)}")
+    if n_features is not None and tensor.shape[1] != n_features:
+        raise ValueError(
+            f"{name} has {tensor.shape[1]} features but the data have {n_features}; "
+            "pass points with the same number of columns"
+        )
+    if not tensor.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {tensor.dtype}")
+    tensor = tensor.to(torch.float32)
+    # Kernels index rows by stride and columns by 1, so views of wider
+    # buffers (a column slice) need no copy; anything else is made contiguous.
+    strided_columns = tensor.shape[1] > 1 and tensor.stride(1) != 1
+    if strided_columns or tensor.stride(0) < tensor.shape[1]:
+        tensor = tensor.contiguous()
+    return tensor
+
+
+def feature_tile(n_features: int) -> tuple[int, int]:
+    """(columns per feature tile, number of feature tiles) for the dot-product kernels."""
+    padded = max(MIN_DOT_DIM, triton.next_power_of_2(n_features))
+    if padded <= RESIDENT_MAX_FEATURES:
+        return padded, 1
+    return FEATURE_TILE, triton.cdiv(n_features, FEATURE_TILE)
+
+
+def check_precision(precision: str) -> int:
+    """Validate ``precision``; return the number of mantissa bits it drops."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+    return _DROPPED_BITS[precision]
+
+
+@triton.jit
+def round_mantissa(x, DROPPED_BITS: tl.constexpr):
+    """Round float32 ``x`` to nearest (ties to even), dropping the low mantissa bits.
+
+    13 bits gives tf32 values and 16 bits bfloat16 values, held in float32.
+    Rounding explicitly (instead of leaving it to the tensor cores, which may
+    truncate) makes the reduced-precision results independent of the GPU and
+    reproducible by the interpreter, whose ``tl.dot`` ignores the precision.
+    """
+    if DROPPED_BITS == 0:
+        rounded = x
+    else:
+        bits = x.to(tl.uint32, bitcast=True)
+        half_minus_one: tl.constexpr = (1 << (DROPPED_BITS - 1)) - 1
+        bits = bits + half_minus_one + ((bits >> DROPPED_BITS) & 1)
+        bits = (bits >> DROPPED_BITS) << DROPPED_BITS
+        rounded = bits.to(tl.float32, bitcast=True)
+    return rounded
+
+
+@triton.jit
+def dot(a, b, DROPPED_BITS: tl.constexpr, BF16_DOT: tl.constexpr):
+    """``a @ b`` with float32 accumulation, in the operand format of the precision.
+
+    The operands must already be rounded with :func:`round_mantissa`, so each
+    product is exact and only the float32 accumulation rounds.  ``BF16_DOT``
+    feeds the tensor cores bfloat16 (exact, as the values are bf16 already);
+    the interpreter's ``tl.dot`` cannot multiply bfloat16, so there the same
+    values are multiplied as float32, which gives the same products.
+    """
+    if BF16_DOT:
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=tl.float32)
+    elif DROPPED_BITS == 0:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision="tf32")

@@ -1,0 +1,450 @@
+"""Fused mean-shift step: flash attention with distance logits.
+
+One program owns a block of seeds and streams the data through on-chip
+memory in blocks of points, exactly as flash attention streams keys and
+values past a block of queries.  For each tile it computes the squared
+distances, turns them into kernel weights ``p`` and accumulates ``p @ x``
+and ``sum(p)`` in float32, so no seeds x points matrix is ever written.
+
+Two kernels share this structure:
+
+``_step_exact_kernel`` (1 to ``EXACT_MAX_FEATURES`` = 4 features)
+    Distances are summed from per-feature differences, in the same order as
+    :func:`meanshift_gpu._reference.squared_distances`: exact to rounding, so
+    the inclusive flat window matches sklearn on integer-like data.  The
+    weighted sums are per-feature row reductions.  ``tl.dot`` would need the
+    feature axis padded to 16 columns, which costs more than the 1-4 fused
+    multiply-adds per pair done here.
+``_step_dot_kernel`` (5 features and more)
+    ``|q - x|^2 = |q|^2 + |x|^2 - 2 q.x`` with ``q.x`` and ``p @ x`` from
+    ``tl.dot``.  Up to 256 features, the padded feature axis is held whole:
+    the data tile is loaded once and used as keys and values.  Wider data
+    are cut into 128-column feature tiles; each program then owns one tile
+    of output columns and recomputes the distances (streaming all feature
+    tiles), which costs ``1 + d / 128`` distance passes instead of one but
+    keeps the accumulator within registers for any width.
+
+Kernel weights: flat ``[d2 <= 1]``, Epanechnikov ``max(0, 1 - d2)``,
+Gaussian ``exp(-d2 / 2)``.  The Gaussian keeps a running maximum of the
+logits (``-d2 / 2 + log w``, in base 2 for ``exp2``) and rescales its
+accumulators whenever it grows, as flash attention does, so a seed far from
+all data still gets the mean of its nearest points instead of 0 / 0.  Sample
+weights multiply flat and Epanechnikov weights and add ``log w`` to Gaussian
+logits.  Padding rows and columns of ragged tiles get weight 0 (logit
+``-inf``) and are loaded as zeros, so they never reach a result.
+
+Precision (dot-product kernel only; the exact kernel is always float32)
+-----------------------------------------------------------------------
+``"fp32"`` (default)
+    ``tl.dot(..., input_precision="ieee")``: float32 throughout, error of
+    the order of float32 rounding of ``|q|^2 + |x|^2`` (the engine centres
+    the data, which keeps that small).
+``"tf32"`` / ``"bf16"``
+    Seeds, data and kernel weights are rounded to nearest (ties to even) to
+    11 / 8 significant bits before the dots, which accumulate in float32 on
+    the tensor cores.  The step is then the exact step of perturbed inputs:
+    every coordinate moves by at most ``u |coordinate|`` and every kernel
+    weight by at most ``u`` relative, with ``u = 2**-11`` (tf32) or ``2**-8``
+    (bf16).  Consequences, in bandwidth units: a squared distance near the
+    window edge moves by about ``2 u (|q| + |x|)``, so flat/Epanechnikov
+    windows may gain or lose points that lie that close to the edge; smooth
+    (Gaussian, Epanechnikov) positions move by at most about
+    ``u (max |x| + 2 spread)``.  The weight sum ``l`` is taken from the same
+    rounded weights as ``p @ x``, so the mean has no bias from the rounding.
+    Rounding is explicit in the kernel, so the interpreter reproduces the GPU
+    results (tensor cores would otherwise truncate on some GPUs); only the
+    hardware bfloat16 ``tl.dot`` itself is not exercised by the interpreter
+    (it multiplies the same rounded values in float32).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (
+    EXACT_MAX_FEATURES,
+    INTERPRETED,
+    as_rows,
+    check_device,
+    check_precision,
+    dot,
+    feature_tile,
+    round_mantissa,
+)
+
+KERNELS = ("flat", "gaussian", "epanechnikov")
+
+# Globals read inside kernels must be tl.constexpr.
+_LN2 = tl.constexpr(0.6931471805599453)
+_NEG_HALF_LOG2E = tl.constexpr(-0.5 * 1.4426950408889634)  # exp(-d2/2) = exp2(d2 * this)
+
+# Fixed tiles under the interpreter: big enough to keep the number of
+# (slow, Python-level) tile iterations down, small enough that tests of a
+# few hundred points still cross several ragged tile edges.
+_INTERPRETER_TILES = {"exact": (32, 64), "dot": (32, 32)}
+
+
+# ----------------------------------------------------------------------------- device code
+@triton.jit
+def _kernel_weights(d2, w_n, valid_n, m_i, KERNEL: tl.constexpr, HAS_WEIGHTS: tl.constexpr):
+    """Weights ``p`` of one (seeds, points) tile; Gaussian also rescaling state.
+
+    Returns ``(p, alpha, m_new)``: for the Gaussian, ``p`` is relative to the
+    new running maximum ``m_new`` (base-2 logits) and ``alpha`` rescales the
+    accumulators from the old maximum; other kernels return ``alpha = 1``.
+    """
+    if KERNEL == "gaussian":
+        logit = d2 * _NEG_HALF_LOG2E
+        if HAS_WEIGHTS:
+            logit = logit + w_n[None, :]  # log2 of the sample weights
+        logit = tl.where(valid_n[None, :], logit, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(logit, 1))
+        # A row with only -inf logits so far keeps max -inf; shift by 0 there
+        # so exp2 gives 0 instead of NaN.
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - shift)
+        p = tl.exp2(logit - shift[:, None])
+    else:
+        if KERNEL == "flat":
+            p = tl.where(d2 <= 1.0, 1.0, 0.0)
+        else:  # epanechnikov
+            p = tl.maximum(1.0 - d2, 0.0)
+        if HAS_WEIGHTS:
+            p = p * w_n[None, :]
+        p = tl.where(valid_n[None, :], p, 0.0)
+        m_new = m_i
+        alpha = tl.full(m_i.shape, 1.0, tl.float32)
+    return p, alpha, m_new
+
+
+@triton.jit
+def _store_result(
+    acc, l_i, m_i, q, offs_s, valid_s, cols, valid_cols, pos_ptr, stride_pos, logd_ptr,
+    KERNEL: tl.constexpr,
+):
+    """Write mean positions (old position where the window is empty) and log densities.
+
+    Only the programs of the first output-column tile write the log density
+    (with feature tiles, every column tile computes the same one).
+    """
+    empty = l_i <= 0.0
+    safe_l = tl.where(empty, 1.0, l_i)
+    positions = tl.where(empty[:, None], q, acc / safe_l[:, None])
+    out_ptrs = pos_ptr + offs_s[:, None] * stride_pos + cols[None, :]
+    tl.store(out_ptrs, positions, mask=valid_s[:, None] & valid_cols[None, :])
+    log_l = tl.log(safe_l)
+    if KERNEL == "gaussian":
+        log_l += tl.where(m_i == float("-inf"), 0.0, m_i) * _LN2
+    first_column_tile = (offs_s * 0 + tl.program_id(1)) == 0
+    tl.store(logd_ptr + offs_s, tl.where(empty, float("-inf"), log_l),
+             mask=valid_s & first_column_tile)
+
+
+@triton.jit
+def _step_exact_kernel(
+    seeds_ptr, data_ptr, weights_ptr, pos_ptr, logd_ptr,
+    n_seeds, n_points, stride_seed, stride_data, stride_pos,
+    N_FEATURES: tl.constexpr, D_PAD: tl.constexpr,
+    KERNEL: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    offs_s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
+    valid_s = offs_s < n_seeds
+    cols = tl.arange(0, D_PAD)
+    acc = tl.zeros((BLOCK_S, D_PAD), tl.float32)
+    l_i = tl.zeros((BLOCK_S,), tl.float32)
+    m_i = tl.full((BLOCK_S,), float("-inf"), tl.float32)
+    for n0 in range(0, n_points, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        valid_n = offs_n < n_points
+        d2 = tl.zeros((BLOCK_S, BLOCK_N), tl.float32)
+        for j in tl.static_range(N_FEATURES):
+            q_j = tl.load(seeds_ptr + offs_s * stride_seed + j, mask=valid_s, other=0.0)
+            x_j = tl.load(data_ptr + offs_n * stride_data + j, mask=valid_n, other=0.0)
+            diff = q_j[:, None] - x_j[None, :]
+            d2 += diff * diff
+        w_n = offs_n  # placeholder when unweighted (never read)
+        if HAS_WEIGHTS:
+            w_n = tl.load(weights_ptr + offs_n, mask=valid_n, other=0.0)
+        p, alpha, m_new = _kernel_weights(d2, w_n, valid_n, m_i, KERNEL, HAS_WEIGHTS)
+        if KERNEL == "gaussian":
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None]
+            m_i = m_new
+        else:
+            l_i += tl.sum(p, 1)
+        for j in tl.static_range(N_FEATURES):
+            x_j = tl.load(data_ptr + offs_n * stride_data + j, mask=valid_n, other=0.0)
+            acc += tl.where(cols[None, :] == j, tl.sum(p * x_j[None, :], 1)[:, None], 0.0)
+    valid_cols = cols < N_FEATURES
+    q = tl.load(
+        seeds_ptr + offs_s[:, None] * stride_seed + cols[None, :],
+        mask=valid_s[:, None] & valid_cols[None, :],
+        other=0.0,
+    )
+    _store_result(acc, l_i, m_i, q, offs_s, valid_s, cols, valid_cols, pos_ptr, stride_pos,
+                  logd_ptr, KERNEL)
+
+
+@triton.jit
+def _step_dot_kernel(
+    seeds_ptr, data_ptr, weights_ptr, pos_ptr, logd_ptr,
+    n_seeds, n_points, n_features, stride_seed, stride_data, stride_pos,
+    KERNEL: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
+    DROPPED_BITS: tl.constexpr, BF16_DOT: tl.constexpr,
+    BLOCK_D: tl.constexpr, D_TILES: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    offs_s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
+    valid_s = offs_s < n_seeds
+    offs_d = tl.arange(0, BLOCK_D)
+    # Output columns of this program (all of them unless the features are tiled).
+    cols_out = tl.program_id(1) * BLOCK_D + offs_d
+    valid_out = cols_out < n_features
+
+    if D_TILES == 1:
+        q = tl.load(
+            seeds_ptr + offs_s[:, None] * stride_seed + offs_d[None, :],
+            mask=valid_s[:, None] & valid_out[None, :],
+            other=0.0,
+        )
+        q = round_mantissa(q, DROPPED_BITS)
+        q_norm = tl.sum(q * q, 1)
+    else:
+        q_norm = tl.zeros((BLOCK_S,), tl.float32)
+        for t in range(D_TILES):
+            cols = t * BLOCK_D + offs_d
+            q_t = tl.load(
+                seeds_ptr + offs_s[:, None] * stride_seed + cols[None, :],
+                mask=valid_s[:, None] & (cols < n_features)[None, :],
+                other=0.0,
+            )
+            q_t = round_mantissa(q_t, DROPPED_BITS)
+            q_norm += tl.sum(q_t * q_t, 1)
+
+    acc = tl.zeros((BLOCK_S, BLOCK_D), tl.float32)
+    l_i = tl.zeros((BLOCK_S,), tl.float32)
+    m_i = tl.full((BLOCK_S,), float("-inf"), tl.float32)
+    for n0 in range(0, n_points, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        valid_n = offs_n < n_points
+        if D_TILES == 1:
+            # One tile serves as keys (distances) and values (weighted sum).
+            x = tl.load(
+                data_ptr + offs_n[:, None] * stride_data + offs_d[None, :],
+                mask=valid_n[:, None] & valid_out[None, :],
+                other=0.0,
+            )
+            x = round_mantissa(x, DROPPED_BITS)
+            qx = dot(q, tl.trans(x), DROPPED_BITS, BF16_DOT)
+            x_norm = tl.sum(x * x, 1)
+        else:
+            qx = tl.zeros((BLOCK_S, BLOCK_N), tl.float32)
+            x_norm = tl.zeros((BLOCK_N,), tl.float32)
+            for t in range(D_TILES):
+                cols = t * BLOCK_D + offs_d
+                valid_cols = cols < n_features
+                q_t = tl.load(
+                    seeds_ptr + offs_s[:, None] * stride_seed + cols[None, :],
+                    mask=valid_s[:, None] & valid_cols[None, :],
+                    other=0.0,
+                )
+                x_t = tl.load(
+                    data_ptr + offs_n[:, None] * stride_data + cols[None, :],
+                    mask=valid_n[:, None] & valid_cols[None, :],
+                    other=0.0,
+                )
+                q_t = round_mantissa(q_t, DROPPED_BITS)
+                x_t = round_mantissa(x_t, DROPPED_BITS)
+                qx += dot(q_t, tl.trans(x_t), DROPPED_BITS, BF16_DOT)
+                x_norm += tl.sum(x_t * x_t, 1)
+            x = tl.load(
+                data_ptr + offs_n[:, None] * stride_data + cols_out[None, :],
+                mask=valid_n[:, None] & valid_out[None, :],
+                other=0.0,
+            )
+            x = round_mantissa(x, DROPPED_BITS)
+        d2 = tl.maximum(q_norm[:, None] + x_norm[None, :] - 2.0 * qx, 0.0)
+        w_n = offs_n  # placeholder when unweighted (never read)
+        if HAS_WEIGHTS:
+            w_n = tl.load(weights_ptr + offs_n, mask=valid_n, other=0.0)
+        p, alpha, m_new = _kernel_weights(d2, w_n, valid_n, m_i, KERNEL, HAS_WEIGHTS)
+        # The weight sum uses the same rounded weights as p @ x, so the mean
+        # is not biased by the rounding.
+        p = round_mantissa(p, DROPPED_BITS)
+        if KERNEL == "gaussian":
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None]
+            m_i = m_new
+        else:
+            l_i += tl.sum(p, 1)
+        acc += dot(p, x, DROPPED_BITS, BF16_DOT)
+
+    # Seeds with empty windows keep their exact (unrounded) old position.
+    q_out = tl.load(
+        seeds_ptr + offs_s[:, None] * stride_seed + cols_out[None, :],
+        mask=valid_s[:, None] & valid_out[None, :],
+        other=0.0,
+    )
+    _store_result(acc, l_i, m_i, q_out, offs_s, valid_s, cols_out, valid_out, pos_ptr,
+                  stride_pos, logd_ptr, KERNEL)
+
+
+# ------------------------------------------------------------------------------ autotuning
+def _registers_per_thread(block_s: int, block_n: int, block_d: int, num_warps: int) -> float:
+    """Rough float32 registers a thread needs: accumulator, seeds, data tile, two pair tiles."""
+    live = 2 * block_s * block_d + block_n * block_d + 2 * block_s * block_n
+    return live / (32 * num_warps)
+
+
+def _prune_dot_configs(configs, named_args, **kwargs):
+    block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
+    kept = [
+        c for c in configs
+        if _registers_per_thread(c.kwargs["BLOCK_S"], c.kwargs["BLOCK_N"], block_d, c.num_warps) <= 128
+    ]
+    # Never prune everything: fall back to the smallest tile.
+    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_S"] * c.kwargs["BLOCK_N"])]
+
+
+def _prune_exact_configs(configs, named_args, **kwargs):
+    kept = [
+        c for c in configs
+        if 3 * c.kwargs["BLOCK_S"] * c.kwargs["BLOCK_N"] / (32 * c.num_warps) <= 128
+    ]
+    return kept or configs[:1]
+
+
+_DOT_CONFIGS = [
+    triton.Config({"BLOCK_S": s, "BLOCK_N": n}, num_warps=w, num_stages=st)
+    for s in (32, 64, 128)
+    for n in (32, 64, 128)
+    for w in (4, 8)
+    for st in (2, 3)
+]
+_EXACT_CONFIGS = [
+    triton.Config({"BLOCK_S": s, "BLOCK_N": n}, num_warps=w, num_stages=2)
+    for s in (32, 64, 128)
+    for n in (64, 128, 256)
+    for w in (4, 8)
+]
+
+# The step is timed once per (features, kernel, weights, precision); the
+# number of seeds shrinks as seeds converge, so it is not part of the key.
+_step_dot_tuned = triton.autotune(
+    configs=_DOT_CONFIGS,
+    key=["n_features", "KERNEL", "HAS_WEIGHTS", "DROPPED_BITS"],
+    prune_configs_by={"early_config_prune": _prune_dot_configs},
+)(_step_dot_kernel)
+_step_exact_tuned = triton.autotune(
+    configs=_EXACT_CONFIGS,
+    key=["N_FEATURES", "KERNEL", "HAS_WEIGHTS"],
+    prune_configs_by={"early_config_prune": _prune_exact_configs},
+)(_step_exact_kernel)
+
+
+# --------------------------------------------------------------------------------- launcher
+def mean_shift_step(
+    seeds: torch.Tensor,
+    data: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    *,
+    kernel: str = "flat",
+    precision: str = "fp32",
+    block_seeds: int | None = None,
+    block_points: int | None = None,
+):
+    """One fused mean-shift step (see the module docstring for the design).
+
+    Same contract as :func:`meanshift_gpu._reference.mean_shift_step`; the
+    computation is float32 (other float dtypes are cast, and the results
+    cast back).  ``block_seeds`` / ``block_points`` fix the tile sizes
+    (powers of two >= 16) instead of autotuning them.
+    """
+    from meanshift_gpu._reference import StepResult
+
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; expected one of {KERNELS}")
+    dropped_bits = check_precision(precision)
+    check_device(seeds, data, *(() if weights is None else (weights,)))
+    out_dtype = seeds.dtype if seeds.is_floating_point() else torch.float32
+    seeds32 = as_rows(seeds, "seeds")
+    n_seeds, n_features = seeds32.shape
+    data32 = as_rows(data, "data", n_features)
+    n_points = data32.shape[0]
+    if n_features == 0:
+        raise ValueError("seeds and data need at least one feature")
+
+    positions = torch.empty((n_seeds, n_features), dtype=torch.float32, device=seeds.device)
+    log_density = torch.empty(n_seeds, dtype=torch.float32, device=seeds.device)
+    if n_seeds == 0:
+        return StepResult(positions.to(out_dtype), log_density.to(out_dtype))
+
+    has_weights = weights is not None
+    if has_weights:
+        if weights.shape != (n_points,):
+            raise ValueError(
+                f"weights must have shape ({n_points},) to match data, got {tuple(weights.shape)}"
+            )
+        weights32 = weights.to(torch.float32).contiguous()
+        if kernel == "gaussian":
+            # Gaussian weights enter as log2 w added to the base-2 logits.
+            weights32 = torch.log2(weights32)
+    else:
+        weights32 = data32  # never read
+
+    common = (seeds32, data32, weights32, positions, log_density)
+    tiles = _choose_tiles(block_seeds, block_points)
+    if n_features <= EXACT_MAX_FEATURES:
+        args = (*common, n_seeds, n_points, seeds32.stride(0), data32.stride(0), positions.stride(0))
+        meta = dict(
+            N_FEATURES=n_features,
+            D_PAD=triton.next_power_of_2(n_features),
+            KERNEL=kernel,
+            HAS_WEIGHTS=has_weights,
+        )
+        if tiles is None and INTERPRETED:
+            tiles = _INTERPRETER_TILES["exact"]
+        if tiles is None:
+            grid = lambda m: (triton.cdiv(n_seeds, m["BLOCK_S"]),)  # noqa: E731
+            _step_exact_tuned[grid](*args, **meta)
+        else:
+            grid = (triton.cdiv(n_seeds, tiles[0]),)
+            _step_exact_kernel[grid](*args, **meta, BLOCK_S=tiles[0], BLOCK_N=tiles[1])
+    else:
+        block_d, d_tiles = feature_tile(n_features)
+        args = (
+            *common, n_seeds, n_points, n_features,
+            seeds32.stride(0), data32.stride(0), positions.stride(0),
+        )
+        meta = dict(
+            KERNEL=kernel,
+            HAS_WEIGHTS=has_weights,
+            DROPPED_BITS=dropped_bits,
+            BF16_DOT=precision == "bf16" and not INTERPRETED,
+            BLOCK_D=block_d,
+            D_TILES=d_tiles,
+        )
+        if tiles is None and INTERPRETED:
+            tiles = _INTERPRETER_TILES["dot"]
+        if tiles is None:
+            grid = lambda m: (triton.cdiv(n_seeds, m["BLOCK_S"]), d_tiles)  # noqa: E731
+            _step_dot_tuned[grid](*args, **meta)
+        else:
+            grid = (triton.cdiv(n_seeds, tiles[0]), d_tiles)
+            _step_dot_kernel[grid](*args, **meta, BLOCK_S=tiles[0], BLOCK_N=tiles[1])
+    return StepResult(positions.to(out_dtype), log_density.to(out_dtype))
+
+
+def _choose_tiles(block_seeds: int | None, block_points: int | None) -> tuple[int, int] | None:
+    if block_seeds is None and block_points is None:
+        return None
+    if block_seeds is None or block_points is None:
+        raise ValueError("give both block_seeds and block_points, or neither (autotuned)")
+    for name, value in (("block_seeds", block_seeds), ("block_points", block_points)):
+        if value < 16 or value & (value - 1):
+            raise ValueError(f"{name} must be a power of two >= 16, got {value}")
+    return int(block_seeds), int(block_points)
+

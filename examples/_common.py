@@ -30,8 +30,10 @@ def make_parser(description: str) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--small",
+        "--quick",
+        dest="small",
         action="store_true",
-        help="reduced size for a quick smoke test (a few seconds)",
+        help="reduced size for a quick smoke test (seconds instead of a minute)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of every random generator")
     parser.add_argument(

@@ -119,7 +119,7 @@ def train(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, epochs: i
     steps_per_epoch = -(-len(images) // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-2, epochs=epochs, steps_per_epoch=steps_per_epoch)
     # Fish cover a few percent of the pixels: weight them up so "all background" is not a good answer.
-    positive_weight = torch.tensor((1 - masks.mean()) / masks.mean()).sqrt()
+    positive_weight = ((1 - masks.mean()) / masks.mean()).sqrt()
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=positive_weight)
     losses = []
     model.train()
@@ -171,9 +171,10 @@ def main(argv: list[str] | None = None) -> dict:
     """
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=40, help="scene side, pixels")
-    parser.add_argument("--train-scenes", type=int, default=800)
+    parser.add_argument("--train-scenes", type=int, default=600)
     parser.add_argument("--test-scenes", type=int, default=60)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--width", type=int, default=16, help="channels of every convolution")
     parser.add_argument("--bandwidth", type=float, default=2.0,
                         help="Gaussian kernel sigma in pixels, about a fish's half-width plus a pixel")
     parser.add_argument("--threshold", type=float, default=0.5, help="heat below this is background")
@@ -183,15 +184,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.small:
         args.size = min(args.size, 32)
-        args.train_scenes = min(args.train_scenes, 300)
+        args.train_scenes = min(args.train_scenes, 400)
         args.test_scenes = min(args.test_scenes, 25)
-        args.epochs = min(args.epochs, 6)
     rng = seed_everything(args.seed)
 
     train_scenes = [make_scene(rng, args.size) for _ in range(args.train_scenes)]
     test_scenes = [make_scene(rng, args.size) for _ in range(args.test_scenes)]
     stack = lambda scenes, field: torch.from_numpy(np.stack([getattr(s, field) for s in scenes]))[:, None]  # noqa: E731
-    model = HeatmapNet()
+    model = HeatmapNet(args.width)
     with stopwatch() as train_time:
         losses = train(model, stack(train_scenes, "image"), stack(train_scenes, "mask"), args.epochs)
     model.eval()
@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> dict:
                     ax.scatter(found[:, 1], found[:, 0], marker="x", s=60, c="cyan", label="detected")
                 ax.set_xticks([])
                 ax.set_yticks([])
-        axes[0, 0].legend(loc="lower left", fontsize=7)
+        if axes[0, 0].get_legend_handles_labels()[0]:
+            axes[0, 0].legend(loc="lower left", fontsize=7)
         fig.suptitle(f"precision {precision:.2f}, recall {recall:.2f} over {args.test_scenes} held-out scenes")
         fig.tight_layout()
         figure = str(save_figure(fig, args.out, "lesson7_heatmap_localization.png"))

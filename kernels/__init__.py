@@ -11,7 +11,10 @@ contracts of :mod:`meanshift_gpu._reference`, which is their test oracle:
 
 - :func:`mean_shift_step`: fused flash-attention-style mean-shift step;
 - :func:`nearest_centers`: fused argmin over cluster centers;
-- :func:`kth_neighbor_distance`: k-th-neighbour distance (bandwidth estimate).
+- :func:`kth_neighbor_distance`: k-th-neighbour distance (bandwidth estimate);
+- :func:`blocked_step` / :func:`candidate_step`: block-sparse steps that read
+  only candidate points (neighbour pruning), contracts of
+  :mod:`meanshift_gpu._sparse`.
 
 They run compiled on CUDA tensors, or on CPU tensors under Triton's
 interpreter (``TRITON_INTERPRET=1``, which must be set before Triton is first
@@ -30,7 +33,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from meanshift_gpu._reference import StepResult
 
-__all__ = ["PRECISIONS", "kth_neighbor_distance", "mean_shift_step", "nearest_centers"]
+__all__ = [
+    "PRECISIONS",
+    "blocked_step",
+    "candidate_step",
+    "kth_neighbor_distance",
+    "mean_shift_step",
+    "nearest_centers",
+]
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 
@@ -196,4 +206,140 @@ def kth_neighbor_distance(
     """
     return _implementation("_kth_neighbor").kth_neighbor_distance(
         queries, data, k, query_block=query_block
+    )
+
+
+def blocked_step(
+    seeds: "torch.Tensor",
+    data: "torch.Tensor",
+    weights: "torch.Tensor | None",
+    block_starts: "torch.Tensor",
+    block_indices: "torch.Tensor",
+    *,
+    kernel: str = "flat",
+    seed_block: int,
+    precision: str = "fp32",
+    split: int | None = None,
+    block_seeds: int | None = None,
+    block_points: int | None = None,
+    validate: bool = True,
+) -> "StepResult":
+    """Fused block-sparse step: each block of seeds reads only its candidate points.
+
+    Seed block ``b`` is rows ``[b * seed_block, min((b + 1) * seed_block, m))``;
+    its candidates ``block_indices[block_starts[b]:block_starts[b + 1]]`` are
+    gathered tile by tile and streamed past the block as in
+    :func:`mean_shift_step`.  Same contract as
+    :func:`meanshift_gpu._sparse.blocked_step` (results match it to float32
+    rounding): per block, the dense step on ``data[candidates]``.
+
+    Parameters
+    ----------
+    seeds : Tensor of shape (m, d)
+        Seed positions (scaled coordinates), on a CUDA device (or the CPU
+        under ``TRITON_INTERPRET=1``).
+    data : Tensor of shape (n, d)
+        Data points, same device.
+    weights : Tensor of shape (n,) or None
+        Non-negative sample weights; ``None`` means ones.
+    block_starts : int64 Tensor of shape (ceil(m / seed_block) + 1,)
+        CSR pointers into ``block_indices``.
+    block_indices : int64 Tensor of shape (nnz,)
+        Data row indices of each block's candidates.
+    kernel : {"flat", "gaussian", "epanechnikov"}
+        Kernel profile (bandwidth 1).
+    seed_block : int
+        Seeds per block (any positive size; programs tile it by ``block_seeds``).
+    precision : {"fp32", "tf32", "bf16"}, default="fp32"
+        Operand precision of the dot products (5 or more features), as in
+        :func:`mean_shift_step`.
+    split : int or None
+        Candidate lists longer than this are spread over several programs
+        whose partial sums are combined afterwards (load balance for skewed
+        blocks).  ``None``: ``max(1024, 4 * mean list length)``.
+    block_seeds, block_points : int or None
+        Tile sizes (powers of two >= 16); ``None`` autotunes on the GPU.
+    validate : bool, default=True
+        Check the CSR layout and index range first (costs a few reductions).
+
+    Returns
+    -------
+    StepResult
+        ``positions`` (m, d) and ``log_density`` (m,) in the seeds' dtype.
+
+    Examples
+    --------
+    >>> import os, torch
+    >>> _ = os.environ.setdefault("TRITON_INTERPRET", "1")
+    >>> from meanshift_gpu import kernels
+    >>> data = torch.tensor([[0.0], [0.5], [0.9], [5.0]])
+    >>> seeds = torch.tensor([[0.0], [0.2], [5.0]])
+    >>> starts, index = torch.tensor([0, 2, 3]), torch.tensor([0, 1, 3])
+    >>> kernels.blocked_step(seeds, data, None, starts, index, seed_block=2).positions
+    tensor([[0.2500],
+            [0.2500],
+            [5.0000]])
+    """
+    return _implementation("_sparse_step").blocked_step(
+        seeds, data, weights, block_starts, block_indices, kernel=kernel, seed_block=seed_block,
+        precision=precision, split=split, block_seeds=block_seeds, block_points=block_points,
+        validate=validate,
+    )
+
+
+def candidate_step(
+    seeds: "torch.Tensor",
+    data: "torch.Tensor",
+    weights: "torch.Tensor | None",
+    candidates: "torch.Tensor",
+    *,
+    kernel: str = "flat",
+    block_seeds: int | None = None,
+    block_candidates: int | None = None,
+    validate: bool = True,
+) -> "StepResult":
+    """Fused per-seed candidate step: seed ``i`` reads ``data[candidates[i]]`` only.
+
+    Same contract as :func:`meanshift_gpu._sparse.candidate_step`: negative
+    entries (``-1``, as faiss returns them) are padding; the result for each
+    seed is the dense step on its listed points.  Distances are per-feature
+    differences in float32 (no dot products, so no reduced precision).
+
+    Parameters
+    ----------
+    seeds : Tensor of shape (m, d)
+        Seed positions (scaled coordinates), on a CUDA device (or the CPU
+        under ``TRITON_INTERPRET=1``).
+    data : Tensor of shape (n, d)
+        Data points, same device.
+    weights : Tensor of shape (n,) or None
+        Non-negative sample weights; ``None`` means ones.
+    candidates : int64 Tensor of shape (m, k)
+        Data row indices per seed, ``-1`` for padding.
+    kernel : {"flat", "gaussian", "epanechnikov"}
+        Kernel profile (bandwidth 1).
+    block_seeds, block_candidates : int or None
+        Tile sizes (powers of two); ``None`` autotunes on the GPU.
+    validate : bool, default=True
+        Check that no index exceeds the data (one reduction).
+
+    Returns
+    -------
+    StepResult
+        ``positions`` (m, d) and ``log_density`` (m,) in the seeds' dtype.
+
+    Examples
+    --------
+    >>> import os, torch
+    >>> _ = os.environ.setdefault("TRITON_INTERPRET", "1")
+    >>> from meanshift_gpu import kernels
+    >>> data = torch.tensor([[0.0], [0.5], [5.0]])
+    >>> seeds = torch.tensor([[0.0], [5.0]])
+    >>> kernels.candidate_step(seeds, data, None, torch.tensor([[0, 1], [2, -1]])).positions
+    tensor([[0.2500],
+            [5.0000]])
+    """
+    return _implementation("_sparse_step").candidate_step(
+        seeds, data, weights, candidates, kernel=kernel, block_seeds=block_seeds,
+        block_candidates=block_candidates, validate=validate,
     )

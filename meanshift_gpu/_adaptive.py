@@ -47,17 +47,36 @@ def pilot_k(n_samples: int) -> int:
     return int(min(max(1, round(math.sqrt(n_samples))), max(1, n_samples - 1)))
 
 
-def relative_bandwidths(data: torch.Tensor, k: int, backend: Backend, blocks: Blocks) -> torch.Tensor:
+def relative_bandwidths(
+    data: torch.Tensor, k: int, backend: Backend, blocks: Blocks, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """``r_k(x_i) / median_j r_k(x_j)``, clipped: each point's bandwidth relative to the median.
 
     ``r_k`` is the distance to the k-th nearest neighbour (the point itself
     counting as the first, as in scikit-learn's ``estimate_bandwidth``).
-    Returns ones when the median distance is zero (heavily duplicated data).
+    With ``weights``, neighbours are taken among the positive-weight points
+    only and the median over them, so zero-weight points change nothing but
+    get a bandwidth of their own.  Returns ones when the median distance is
+    zero (heavily duplicated data).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from meanshift_gpu._backends import Blocks, resolve_backend
+    >>> x = torch.tensor([[0.0], [1.0], [2.0], [10.0]], dtype=torch.float64)
+    >>> backend = resolve_backend("torch", x.device)
+    >>> relative_bandwidths(x, 2, backend, Blocks(256, 4096)).tolist()
+    [1.0, 1.0, 1.0, 8.0]
     """
     centred = data - data.mean(0)
-    k = int(min(max(1, k), data.shape[0]))
-    radii = backend.kth_distance(centred, centred, k, blocks)
-    median = radii.median()
+    reference = centred
+    if weights is not None and not bool((weights > 0).all()):
+        reference = centred[weights > 0]
+    if reference.shape[0] == 0:
+        return torch.ones(data.shape[0], dtype=data.dtype, device=data.device)
+    k = int(min(max(1, k), reference.shape[0]))
+    radii = backend.kth_distance(centred, reference, k, blocks)
+    median = radii.median() if reference is centred else radii[weights > 0].median()
     if not bool(median > 0):
         return torch.ones_like(radii)
     return (radii / median).clamp_(1.0 / _MAX_RATIO, _MAX_RATIO)

@@ -78,7 +78,7 @@ def estimate_bandwidth(
     >>> import numpy as np
     >>> X = np.array([[1, 1], [2, 1], [1, 0], [4, 7], [3, 5], [3, 6]])
     >>> round(float(estimate_bandwidth(X, quantile=0.5)), 2)
-    1.61
+    1.62
     """
     if isinstance(quantile, bool) or not isinstance(quantile, numbers.Real) or not 0 <= quantile <= 1:
         raise ValueError(f"quantile must be a number in [0, 1], got {quantile!r}")

@@ -105,8 +105,16 @@ def _progress(total: int, verbose: bool, desc: str):
     return tqdm(total=total, desc=desc, unit="seed")
 
 
+# Below this many moving seeds, looking for exact duplicates costs more than it saves.
+_DEDUP_MIN_SEEDS = 2048
+
+
 def ascend_seeds(
-    seeds: torch.Tensor, data: torch.Tensor, weights: torch.Tensor | None, config: EngineConfig
+    seeds: torch.Tensor,
+    data: torch.Tensor,
+    weights: torch.Tensor | None,
+    config: EngineConfig,
+    step: Callable | None = None,
 ) -> Ascent:
     """Move every seed uphill until it converges, its window empties, or max_iter.
 
@@ -114,7 +122,21 @@ def ascend_seeds(
     scaled space) or when it has completed ``max_iter`` iterations; a seed
     whose window is empty stops where it is with log density ``-inf`` (it will
     be dropped).  Only the still-moving seeds are sent to the next step.
+
+    Seeds that reach bit-identical positions (common: with the flat kernel
+    every seed whose window holds the same points lands on the same mean)
+    follow identical paths from then on, so each distinct position is stepped
+    once.  This is exact: all moving seeds have the same iteration count.
+
+    ``step(seeds, kernel, blocks)`` replaces the dense backend step (neighbour
+    pruning, see :mod:`meanshift_gpu._neighbors`).
     """
+    if step is None:
+        backend_step = config.backend.step
+
+        def step(seeds_, kernel, blocks):
+            return backend_step(seeds_, data, weights, kernel, blocks)
+
     positions = seeds.clone()
     n_seeds = seeds.shape[0]
     log_density = torch.full((n_seeds,), -math.inf, dtype=seeds.dtype, device=seeds.device)
@@ -124,28 +146,42 @@ def ascend_seeds(
     round_ = 0
     while active.numel():
         old = positions[active]
-        step, config = call_shrinking_on_oom(
-            config.backend.step, config, old, data, weights, config.kernel
-        )
-        empty = torch.isneginf(step.log_density)
-        shift = torch.linalg.vector_norm(step.positions - old, dim=1)
+        distinct, inverse = old, None
+        if active.numel() >= _DEDUP_MIN_SEEDS:
+            distinct, inverse = torch.unique(old, dim=0, return_inverse=True)
+            if distinct.shape[0] > 0.9 * old.shape[0]:
+                distinct, inverse = old, None
+        result, config = call_shrinking_on_oom(step, config, distinct, config.kernel)
+        new_positions, new_log_density = result.positions, result.log_density
+        if inverse is not None:
+            new_positions, new_log_density = new_positions[inverse], new_log_density[inverse]
+        empty = torch.isneginf(new_log_density)
+        shift = torch.linalg.vector_norm(new_positions - old, dim=1)
         done = (shift <= config.tol) | (n_iter[active] >= config.max_iter) | empty
         moved = active[~empty]
-        positions[moved] = step.positions[~empty]
-        log_density[active] = step.log_density
+        positions[moved] = new_positions[~empty]
+        log_density[active] = new_log_density
         n_iter[active[~done]] += 1
         active = active[~done]
         round_ += 1
         if bar is not None:
             bar.update(int(done.sum()))
         elif config.verbose and (round_ % 10 == 1 or not active.numel()):
-            config.log(f"iteration {round_}: {active.numel()} of {n_seeds} seeds still moving")
+            config.log(
+                f"iteration {round_}: {active.numel()} of {n_seeds} seeds still moving "
+                f"({distinct.shape[0]} distinct stepped)"
+            )
     if bar is not None:
         bar.close()
     return Ascent(positions, log_density, n_iter)
 
 
-def blur(data: torch.Tensor, weights: torch.Tensor | None, config: EngineConfig) -> Ascent:
+def blur(
+    data: torch.Tensor,
+    weights: torch.Tensor | None,
+    config: EngineConfig,
+    make_step: Callable | None = None,
+) -> Ascent:
     """Blurring mean shift: the data themselves move, every iteration.
 
     Each iteration replaces every point by the kernel mean of the *current*
@@ -154,17 +190,26 @@ def blur(data: torch.Tensor, weights: torch.Tensor | None, config: EngineConfig)
     iterations; blurring collapses each cluster to a point quickly (cubically
     for the Gaussian kernel, Carreira-Perpinan 2006), so this rule is reached
     in few iterations.  ``n_iter`` is the same for every point.
+
+    ``make_step(points)`` returns a ``step(seeds, kernel, blocks)`` over
+    ``points`` (a pruner rebuilt on the moved data); None uses the dense
+    backend step.
     """
     positions = data.clone()
     log_density = torch.zeros(data.shape[0], dtype=data.dtype, device=data.device)
     iteration = 0
     while True:
-        step, config = call_shrinking_on_oom(
-            config.backend.step, config, positions, positions, weights, config.kernel
-        )
-        shift = torch.linalg.vector_norm(step.positions - positions, dim=1)
-        positions = step.positions
-        log_density = step.log_density
+        if make_step is None:
+            backend_step = config.backend.step
+
+            def step(seeds_, kernel, blocks, points=positions):
+                return backend_step(seeds_, points, weights, kernel, blocks)
+        else:
+            step = make_step(positions)
+        result, config = call_shrinking_on_oom(step, config, positions, config.kernel)
+        shift = torch.linalg.vector_norm(result.positions - positions, dim=1)
+        positions = result.positions
+        log_density = result.log_density
         max_shift = float(shift.max())
         config.log(f"blurring iteration {iteration}: largest shift {max_shift:.3g} bandwidths")
         if max_shift <= config.tol or iteration >= config.max_iter:

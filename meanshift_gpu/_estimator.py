@@ -20,11 +20,14 @@ from ._backends import resolve_backend
 from ._adaptive import PointBandwidths, adaptive_backend
 from ._bandwidth import estimate_bandwidth, feature_bandwidths
 from ._bandwidth_rules import RULE_NAMES, resolve_rule, unknown_rule_message
-from ._reference import KERNELS
+from ._neighbors import NEIGHBOR_METHODS, build_pruner, check_neighbor_options, choose_method, kernel_reach
+from ._grid import GridIndex
+from ._reference import EXACT_DIFFERENCE_MAX_FEATURES, KERNELS
 from ._seeding import bin_seeds
 from ._validation import (
     as_tensor,
     check_bandwidth_value,
+    check_nested_sequence,
     check_points,
     check_sample_weight,
     check_tensor,
@@ -43,6 +46,7 @@ class _FitResult:
     bandwidth: float | np.ndarray
     scale: torch.Tensor
     offset: torch.Tensor
+    neighbors: str = "dense"
 
 
 class MeanShift(ClusterMixin, BaseEstimator):
@@ -78,12 +82,15 @@ class MeanShift(ClusterMixin, BaseEstimator):
           give a Gaussian sigma, converted to the flat or Epanechnikov radius
           of equal variance.  Optimal for one Gaussian blob, so they merge
           nearby clusters.
-        - "auto": the bandwidth at which the clustering is most stable.  Mean
+        - "auto": a bandwidth at which the clustering is stable.  Mean
           shift runs on a subsample of at most 1,000 points over a geometric
-          ladder of bandwidths (four per octave) and the geometric middle of
-          the widest range with a constant number of significant (>= 1% of
-          the points) clusters is returned.  Deterministic, and usually well
-          under a second.
+          ladder of bandwidths (four per octave), counting the significant
+          (>= 1% of the points) clusters at each; among the ranges with a
+          constant count that last at least half as long as the longest
+          multi-cluster range, the one with the most clusters is taken
+          (one cluster when no multi-cluster range spans 20% of the ladder),
+          and its geometric middle is returned.  Deterministic; about a
+          second on a CPU.
         - "adaptive": variable-bandwidth mean shift (Comaniciu, Ramesh and
           Meer, 2001) for clusters of very different spreads.  Point ``i``
           gets ``h_i`` proportional to the distance to its ``sqrt(n)``-th
@@ -130,6 +137,23 @@ class MeanShift(ClusterMixin, BaseEstimator):
     backend : str, default="auto"
         Implementation of the hot loop: "auto" (Triton kernels on CUDA when
         installed, else torch), "torch" or "triton".
+    neighbors : {"auto", "dense", "grid", "lsh", "faiss"}, default="auto"
+        Which data points each step reads (neighbour pruning, see
+        :mod:`meanshift_gpu._neighbors` for the size table behind "auto").
+        "dense": all of them, exact.  "grid": cells of side one bandwidth,
+        exact for the flat and Epanechnikov kernels, up to 6 features.
+        "lsh" (torch random projections) and "faiss" (range search, flat or
+        IVF index): approximate, for large data in more dimensions.  The
+        Gaussian kernel is truncated at ``neighbor_options["truncate"]``
+        bandwidths (default 3) by every method but "dense".  Seeds combine
+        freely with pruning: ``bin_seeding=True`` cuts the number of seeds,
+        pruning the points each seed reads.
+    neighbor_options : dict, default=None
+        Options of the neighbour methods: ``truncate`` (Gaussian reach in
+        bandwidths, 3.0), LSH ``n_tables`` (16), ``n_bits`` (3),
+        ``bucket_width`` (2.0 reaches), ``seed`` (0); faiss ``index``
+        ("auto", "flat" or "ivf"), ``nlist``, ``nprobe``; ``max_pairs``
+        (seed-point pairs held at once, 2**24).
     batch_size : int or "auto", default="auto"
         Seeds per tile; "auto" sizes tiles from a memory budget.  Results do
         not depend on it beyond float rounding.
@@ -144,6 +168,8 @@ class MeanShift(ClusterMixin, BaseEstimator):
         Label of each point (-1 for orphans when ``cluster_all=False``).
     n_iter_ : int
         Maximum number of iterations performed on any seed.
+    neighbors_ : str
+        The neighbour method actually used ("auto" resolved).
     n_features_in_ : int
         Number of features seen during fit.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -191,6 +217,8 @@ class MeanShift(ClusterMixin, BaseEstimator):
         "tol": [Interval(numbers.Real, 0, None, closed="left")],
         "device": [str, torch.device],
         "backend": [str],
+        "neighbors": [StrOptions(set(NEIGHBOR_METHODS))],
+        "neighbor_options": [dict, None],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "verbose": ["verbose"],
     }
@@ -211,6 +239,8 @@ class MeanShift(ClusterMixin, BaseEstimator):
         tol=1e-3,
         device="auto",
         backend="auto",
+        neighbors="auto",
+        neighbor_options=None,
         batch_size="auto",
         verbose=False,
     ):
@@ -227,6 +257,8 @@ class MeanShift(ClusterMixin, BaseEstimator):
         self.tol = tol
         self.device = device
         self.backend = backend
+        self.neighbors = neighbors
+        self.neighbor_options = neighbor_options
         self.batch_size = batch_size
         self.verbose = verbose
 
@@ -240,6 +272,7 @@ class MeanShift(ClusterMixin, BaseEstimator):
                 if hasattr(self, "feature_names_in_"):
                     del self.feature_names_in_
             return X
+        check_nested_sequence(X, "X")
         return validate_data(self, X, reset=reset, dtype=[np.float64, np.float32])
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -273,6 +306,7 @@ class MeanShift(ClusterMixin, BaseEstimator):
         self.cluster_centers_ = result.centers.cpu().numpy().astype(out_dtype, copy=False)
         self.labels_ = result.labels.cpu().numpy().astype(np.int64, copy=False)
         self.n_iter_ = result.n_iter
+        self.neighbors_ = result.neighbors
         self.bandwidth_ = result.bandwidth
         self.cluster_sizes_ = np.bincount(
             self.labels_[self.labels_ >= 0], minlength=len(self.cluster_centers_)
@@ -405,15 +439,47 @@ def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
         return _fit_zero_bandwidth(est, data, weights, seeds, used, scale, config)
 
     scaled = (data - offset) / scale
+    options = check_neighbor_options(est.neighbor_options)
+    reach = kernel_reach(est.kernel, options)
     if est.algorithm == "blurring":
-        ascent = _engine.blur(scaled, weights, config)
+        method = _resolve_neighbors(est, n_samples, n_samples, n_features, device, point_bandwidths)
+        make_step = None
+        if method != "dense":
+            def make_step(points):
+                return build_pruner(
+                    method, points, weights, kernel=est.kernel, options=options,
+                    dense_step=config.backend.step,
+                ).step
+        ascent = _engine.blur(scaled, weights, config, make_step)
         modes_at = ascent.positions
+        if weights is not None:
+            # Zero-weight points move along but, as in the standard algorithm,
+            # are not seeds: they must not become modes (weights == repeats).
+            keep = weights > 0
+            ascent = ascent._replace(
+                positions=ascent.positions[keep], log_density=ascent.log_density[keep]
+            )
     else:
         if seeds is None:
             seeds_scaled = scaled if weights is None else scaled[weights > 0]
         else:
             seeds_scaled = (seeds - offset) / scale
-        ascent = _engine.ascend_seeds(seeds_scaled, scaled, weights, config)
+        grid = []
+
+        def lazy_grid():
+            if not grid:
+                grid.append(GridIndex(scaled, reach, weights))
+            return grid[0]
+
+        method = _resolve_neighbors(
+            est, seeds_scaled.shape[0], n_samples, n_features, device, point_bandwidths, lazy_grid
+        )
+        pruner = build_pruner(
+            method, scaled, weights, kernel=est.kernel, options=options,
+            dense_step=config.backend.step, grid=grid[0] if grid else None,
+        )
+        config.log(f"neighbour method: {method}")
+        ascent = _engine.ascend_seeds(seeds_scaled, scaled, weights, config, pruner.step)
         modes_at = scaled
     centers = _engine.merge_modes(ascent.positions, ascent.log_density)
     if centers.shape[0] == 0:
@@ -429,6 +495,21 @@ def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
         bandwidth=used,
         scale=scale,
         offset=offset,
+        neighbors=method,
+    )
+
+
+def _resolve_neighbors(est, n_seeds, n_points, n_features, device, point_bandwidths, grid=None) -> str:
+    if point_bandwidths is not None:
+        if est.neighbors not in ("auto", "dense"):
+            raise ValueError(
+                f"bandwidth='adaptive' uses per-point windows, which neighbors={est.neighbors!r} "
+                "cannot prune; use neighbors='auto' or 'dense'"
+            )
+        return "dense"
+    return choose_method(
+        est.neighbors, n_seeds=n_seeds, n_points=n_points, n_features=n_features,
+        device=device, grid=grid,
     )
 
 

@@ -63,10 +63,10 @@ class GridIndex:
         # Neighbour cells that differ only along the last axis are adjacent in key
         # order, so the 3**d neighbours form 3**(d-1) contiguous runs.
         offsets = torch.tensor(
-            list(itertools.product((-1, 0, 1), repeat=self.n_features - 1)) or [()],
+            list(itertools.product((-1, 0, 1), repeat=self.n_features - 1)),
             device=data.device,
             dtype=torch.long,
-        ).reshape(-1, self.n_features - 1)
+        ).reshape(3 ** (self.n_features - 1), self.n_features - 1)
         self.run_offsets = (offsets * strides[:-1]).sum(1)
 
     @staticmethod

@@ -17,8 +17,9 @@ def bin_seeds(
 
     Points are rounded to the nearest multiple of ``bin_size`` (half to even,
     as numpy).  A cell's frequency is its (weighted) number of points.  Returns
-    ``None`` when binning does not reduce the seed count, so that the caller
-    falls back to the points themselves, as scikit-learn does.
+    ``None`` when binning does not reduce the seed count (as many seeds as
+    points, or as the total weight), so that the caller falls back to the
+    points themselves, as scikit-learn does.
     """
     cells, inverse = torch.unique(torch.round(points / bin_size), dim=0, return_inverse=True)
     if weights is None:
@@ -27,7 +28,12 @@ def bin_seeds(
         freq = torch.zeros(cells.shape[0], dtype=points.dtype, device=points.device)
         freq.index_add_(0, inverse, weights)
     selected = cells[freq >= min_bin_freq]
-    if selected.shape[0] == points.shape[0]:
+    # sklearn falls back when there are as many seeds as points.  With weights
+    # the "number of points" is the total weight, so that integer weights act
+    # exactly as repeated rows (a weight-2 point alone in its cell is two
+    # points binned into one seed, not a failed binning).
+    n_points = points.shape[0] if weights is None else float(weights.sum())
+    if selected.shape[0] == n_points:
         return None
     return selected * bin_size
 

@@ -86,11 +86,43 @@ def check_tensor(X: torch.Tensor, name: str = "X", n_features: int | None = None
             f"Input {name} contains NaN or infinity; remove or impute those values first"
         )
     if n_features is not None and X.shape[1] != n_features:
+        if name == "X":
+            raise ValueError(
+                f"X has {X.shape[1]} features, but MeanShift is expecting "
+                f"{n_features} features as input"
+            )
+        # Same wording as check_points, so seeds read the same for arrays and tensors.
         raise ValueError(
-            f"{name} has {X.shape[1]} features, but MeanShift is expecting "
-            f"{n_features} features as input"
+            f"{name} has {X.shape[1]} features, but X has {n_features}; they must match"
         )
     return X
+
+
+def check_nested_sequence(X, name: str = "X") -> None:
+    """Reject ragged or empty Python lists with a message that says what is wrong.
+
+    numpy's own error for ragged lists ("setting an array element with a
+    sequence ... inhomogeneous shape") and sklearn's for ``[]`` ("Expected 2D
+    array, got 1D array") do not say how to fix the input.  Arrays, tensors
+    and data frames pass through untouched.
+    """
+    if not isinstance(X, (list, tuple)):
+        return
+    if len(X) == 0:
+        raise ValueError(
+            f"{name} is empty; pass at least one sample as a 2-D array of shape "
+            "(n_samples, n_features)"
+        )
+    try:
+        np.asarray(X)
+    except ValueError as exc:
+        if "inhomogeneous" not in str(exc):
+            raise
+        lengths = sorted({len(row) if hasattr(row, "__len__") else 1 for row in X})
+        raise ValueError(
+            f"{name} is a ragged list: its rows have different lengths {lengths}; every "
+            "sample must have the same number of features (pad or drop the short rows)"
+        ) from exc
 
 
 def as_tensor(X, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -111,7 +143,14 @@ def check_points(X, name: str, n_features: int | None = None):
     """
     if isinstance(X, torch.Tensor):
         return check_tensor(X, name, n_features)
-    X = check_array(X, dtype=[np.float64, np.float32], input_name=name)
+    check_nested_sequence(X, name)
+    # Count samples ourselves: sklearn's "Found array with 0 sample(s)" does not name the input.
+    X = check_array(X, dtype=[np.float64, np.float32], input_name=name, ensure_min_samples=0)
+    if X.shape[0] == 0:
+        raise ValueError(
+            f"{name} is empty (shape={X.shape}); pass at least one sample as a 2-D array "
+            "of shape (n_samples, n_features)"
+        )
     if n_features is not None and X.shape[1] != n_features:
         raise ValueError(
             f"{name} has {X.shape[1]} features, but X has {n_features}; they must match"

@@ -120,3 +120,101 @@ def assert_same_clustering():
 def no_triton_interpreter(monkeypatch):
     """Run a test as on a plain CPU machine: the Triton interpreter switched off."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
+def _numpy_profile(d2: np.ndarray, kernel: str) -> np.ndarray:
+    if kernel == "flat":
+        return (d2 <= 1.0).astype(np.float64)
+    if kernel == "epanechnikov":
+        return np.maximum(0.0, 1.0 - d2)
+    if kernel == "gaussian":
+        return np.exp(-0.5 * d2)
+    raise ValueError(kernel)
+
+
+def _numpy_mean_shift(
+    X,
+    bandwidth,
+    *,
+    kernel: str = "flat",
+    algorithm: str = "standard",
+    seeds=None,
+    sample_weight=None,
+    tol: float = 1e-3,
+    max_iter: int = 300,
+    cluster_all: bool = True,
+):
+    """Brute-force float64 numpy mean shift, written from the definitions.
+
+    One seed at a time (scikit-learn's ``_mean_shift_single_seed`` loop with a
+    general kernel profile and weights), or blurring (all points move at once,
+    stop when no point moved more than ``tol`` bandwidths).  Work is done in
+    coordinates divided by the (scalar or per-feature) bandwidth.  Modes are
+    merged as scikit-learn does: sorted by (intensity, coordinates) descending,
+    each kept mode removes later ones within distance 1 (inclusive); every
+    point gets its nearest mode.  Returns ``(centers, labels, n_iter)``.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    h = np.broadcast_to(np.asarray(bandwidth, dtype=np.float64), (X.shape[1],))
+    Z = X / h
+    w = np.ones(len(Z)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+
+    def density(q):
+        k = _numpy_profile(((Z - q) ** 2).sum(1), kernel) * w
+        return k, k.sum()
+
+    if algorithm == "standard":
+        S = Z[w > 0] if seeds is None else np.asarray(seeds, dtype=np.float64) / h
+        candidates, intensity, n_iter = [], [], 0
+        for q in S:
+            completed = 0
+            while True:
+                k, total = density(q)
+                if total <= 0:
+                    break
+                new = k @ Z / total
+                if np.linalg.norm(new - q) <= tol or completed == max_iter:
+                    candidates.append(new)
+                    intensity.append(total)
+                    n_iter = max(n_iter, completed)
+                    break
+                q = new
+                completed += 1
+        candidates = np.array(candidates).reshape(-1, X.shape[1])
+        intensity = np.array(intensity)
+        modes_at = Z
+    else:
+        P, n_iter = Z.copy(), 0
+        while True:
+            K = _numpy_profile(((P[:, None, :] - P[None, :, :]) ** 2).sum(2), kernel) * w[None, :]
+            total = K.sum(1)
+            new = K @ P / total[:, None]
+            shift = np.linalg.norm(new - P, axis=1).max()
+            P = new
+            if shift <= tol or n_iter >= max_iter:
+                break
+            n_iter += 1
+        candidates, intensity, modes_at = P, total, P
+
+    order = sorted(
+        range(len(candidates)), key=lambda i: (intensity[i], tuple(candidates[i])), reverse=True
+    )
+    kept: list[np.ndarray] = []
+    for i in order:
+        if all(np.linalg.norm(candidates[i] - c) > 1.0 for c in kept):
+            kept.append(candidates[i])
+    if not kept:
+        raise ValueError("No point was within bandwidth of any seed")
+    centers = np.array(kept)
+    dist = np.linalg.norm(modes_at[:, None, :] - centers[None, :, :], axis=2)
+    labels = dist.argmin(1)
+    if not cluster_all:
+        labels = np.where(dist.min(1) <= 1.0, labels, -1)
+    return centers * h, labels, n_iter
+
+
+@pytest.fixture(scope="session")
+def numpy_mean_shift():
+    """Brute-force numpy mean shift ``numpy_mean_shift(X, bandwidth, *, kernel=, algorithm=,
+    seeds=, sample_weight=, tol=, max_iter=, cluster_all=)`` -> ``(centers, labels, n_iter)``."""
+    return _numpy_mean_shift

@@ -486,6 +486,23 @@ def test_estimator_triton_backend_matches_torch(monkeypatch, kernel, algorithm, 
     _assert_same_clustering(fast, ref, 1.8)
 
 
+def test_estimator_triton_backend_per_feature_bandwidth_matches_torch(monkeypatch):
+    """Features in different units: a per-feature bandwidth scales the inputs before the kernels."""
+    X, _ = make_blobs(n_samples=163, centers=3, n_features=3, cluster_std=0.5, random_state=2)
+    X = (X * np.array([1.0, 40.0, 0.05])).astype(np.float32)
+    bandwidth = np.array([1.8, 72.0, 0.09])
+    calls = _spy_on_kernels(monkeypatch)
+    fast = MeanShift(backend="triton", bandwidth=bandwidth, kernel="gaussian", device=DEVICE.type).fit(X)
+    assert calls["step"] > 0 and calls["nearest"] > 0
+    ref = MeanShift(backend="torch", bandwidth=bandwidth, kernel="gaussian", device=DEVICE.type).fit(X)
+    assert len(fast.cluster_centers_) == 3
+    assert adjusted_rand_score(fast.labels_, ref.labels_) == 1.0
+    for label in range(3):
+        other = np.bincount(ref.labels_[fast.labels_ == label]).argmax()
+        np.testing.assert_allclose(fast.cluster_centers_[label] / bandwidth,
+                                   ref.cluster_centers_[other] / bandwidth, atol=1e-2)
+
+
 def test_estimator_triton_backend_estimates_the_same_bandwidth(monkeypatch):
     X, _ = make_blobs(n_samples=151, centers=3, n_features=2, cluster_std=0.6, random_state=4)
     X = X.astype(np.float32)

@@ -10,7 +10,10 @@
    with a ball of ``closing_mm`` (on a coarse isotropic grid, with distance
    transforms, so it costs little), which also fills the dent that a nodule
    touching the chest wall makes in the lung surface: juxtapleural nodules
-   stay inside the mask.  Remaining holes are filled slice by slice.
+   stay inside the mask.  Remaining holes are filled slice by slice, but
+   only holes smaller than a disc of radius ``max_hole_mm``: an axial slice
+   through the diaphragm dome shows the liver as a large hole ringed by lung,
+   and filling it would put the whole upper abdomen into the mask.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def segment_lungs(
     closing_mm: float = 15.0,
     coarse_mm: float = 2.5,
     min_fraction: float = 0.1,
+    max_hole_mm: float = 20.0,
 ) -> np.ndarray:
     """Boolean lung mask of a CT volume, nodules touching the chest wall included.
 
@@ -54,6 +58,10 @@ def segment_lungs(
         Grid on which the closing runs.
     min_fraction : float, default=0.1
         Components at least this fraction of the largest one are lung.
+    max_hole_mm : float, default=20
+        In-slice holes up to the area of a disc of this radius are filled
+        (vessels, large nodules); larger ones (the diaphragm dome, the heart)
+        are not.
 
     Returns
     -------
@@ -112,6 +120,21 @@ def segment_lungs(
             (np.arange(array.shape[2]) // factors[2])[None, None, :],
         ]
         mask |= component | added
+    return _fill_small_holes(mask, spacing_zyx, max_hole_mm)
+
+
+def _fill_small_holes(mask: np.ndarray, spacing_zyx, max_hole_mm: float) -> np.ndarray:
+    """Fill the in-slice holes of ``mask`` whose area is below ``pi * max_hole_mm**2``."""
+    holes = np.zeros_like(mask)
     for k in range(mask.shape[0]):
-        mask[k] = ndimage.binary_fill_holes(mask[k])
-    return mask
+        holes[k] = ndimage.binary_fill_holes(mask[k]) & ~mask[k]
+    if not holes.any():
+        return mask
+    # In-plane connectivity only: a hole is a 2-D region of one slice.
+    structure = np.zeros((3, 3, 3), bool)
+    structure[1] = ndimage.generate_binary_structure(2, 1)
+    labels, n = ndimage.label(holes, structure=structure)
+    area = np.bincount(labels.ravel(), minlength=n + 1) * float(spacing_zyx[1] * spacing_zyx[2])
+    small = area <= np.pi * max_hole_mm**2
+    small[0] = False
+    return mask | small[labels]

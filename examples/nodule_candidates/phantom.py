@@ -130,6 +130,13 @@ class _Anatomy:
         lung_b = 0.235 * fx * rng.uniform(0.95, 1.03)
         height = min(0.86 * fz, 270.0) * rng.uniform(0.93, 1.0)
         lung_z0 = -0.5 * height + rng.uniform(-0.03, 0.03) * fz
+        # Keep a chest wall (muscle, ribs) of ~3% of the width between the
+        # lungs and the fat layer: a lung that reached the skin would open
+        # into the air outside the patient.
+        wall = 0.03 * fx
+        lung_cx, lung_cy = 0.215 * fx, -0.01 * fx
+        lung_a = min(lung_a, body_a - fat - wall - lung_cx)
+        lung_b = min(lung_b, body_b - fat - wall - abs(lung_cy))
         n_waves = 8
         wavelength = rng.uniform(25.0, 70.0, n_waves)
         direction = rng.normal(size=(n_waves, 3))
@@ -141,8 +148,8 @@ class _Anatomy:
             body_a=body_a,
             body_b=body_b,
             fat=fat,
-            lung_cx=0.215 * fx,
-            lung_cy=-0.01 * fx,
+            lung_cx=lung_cx,
+            lung_cy=lung_cy,
             lung_a=lung_a,
             lung_b=lung_b,
             lung_z0=lung_z0,

@@ -1,0 +1,619 @@
+"""Nodule candidates from a CT scan by 5-D mean shift (x, y, z, HU, shape index).
+
+The pipeline, after Ye et al. (voxels clustered jointly in space, intensity
+and shape):
+
+1. **Working grid.**  In-plane voxels are block-averaged to about
+   ``working_mm`` (LUNA16 scans are 0.5-0.9 mm in-plane; nodules of interest
+   are >= 3 mm), which cuts every later stage by up to 4x.
+2. **Lungs.**  :func:`~examples.nodule_candidates.lung.segment_lungs`; the
+   volume is cropped to the lungs' bounding box.
+3. **Shape.**  Gaussian-smoothed HU and the volumetric shape index at
+   ``sigma_mm`` (:mod:`~examples.nodule_candidates.shape_index`, torch, so on
+   the GPU when ``device="cuda"``).  Inside large solid nodules the smoothed
+   image is flat and the shape index undefined; there it is taken from a
+   second, coarser scale (``coarse_sigma_mm`` on a 2x coarser grid).
+4. **Voxels of interest**: inside the lungs, brighter than ``voi_hu``
+   (ground-glass nodules are about -650 HU, parenchyma about -850 HU) and not
+   concave (shape index >= ``min_shape_index``: the rim of the lungs, where
+   the chest wall is seen from inside, is cup-shaped).  At most
+   ``max_points`` of them are kept (a fixed random subsample).
+5. **5-D mean shift** with per-feature bandwidths: ``bandwidth_mm`` for
+   x, y, z (world mm), ``bandwidth_hu`` for the smoothed HU and
+   ``bandwidth_si`` for the shape index, with bin seeding.  A nodule (round,
+   shape index ~1) and the vessel it touches (shape index ~0.75) fall apart
+   along the shape axis even where they touch in space.  When the installed
+   ``meanshift_gpu`` prunes neighbours (a ``neighbors`` parameter), one fit
+   covers the whole scan; otherwise the scan is cut into spatial tiles with a
+   halo of ``3 * bandwidth_mm``, each tile is fitted on its own and modes
+   found in several tiles are merged (the same modes, for far less work:
+   mean shift with a flat kernel never reads points beyond one bandwidth).
+6. **Candidates**: one per cluster, at its mode, scored by
+   :func:`score_clusters` (size, roundness, shape index, intensity); the
+   ``max_candidates`` best are kept.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from meanshift_gpu import MeanShift, get_bin_seeds
+
+from .io import Finding, Scan, index_zyx_to_world
+from .lung import segment_lungs
+from .shape_index import shape_features
+
+STAGES = ("resample", "lungs", "shape_index", "voxels", "mean_shift", "scoring")
+
+
+@dataclass
+class DetectorConfig:
+    """Settings of :func:`detect_candidates` (defaults are the ones measured in the README).
+
+    Attributes
+    ----------
+    working_mm : float
+        Target in-plane voxel size; voxels are block-averaged by
+        ``round(working_mm / spacing)`` (at least 1) along x and y.
+    sigma_mm : float
+        Scale of the Gaussian derivatives for the shape index.
+    coarse_sigma_mm : float or None
+        Second scale (on a 2x coarser grid) that fills in the shape index
+        where the fine one is undefined; None to skip it.
+    voi_hu : float
+        Smoothed HU above which a lung voxel is of interest.
+    min_shape_index : float
+        Voxels of interest must have at least this shape index.
+    max_points : int
+        At most this many voxels go into mean shift (random subsample).
+    bandwidth_mm, bandwidth_hu, bandwidth_si : float
+        Mean-shift bandwidths of the spatial, intensity and shape features.
+    min_bin_freq : int
+        Bin-seeding cells need at least this many voxels to become seeds.
+    tile_mm : float, "auto" or None
+        Side of the spatial tiles; "auto" tiles at 48 mm unless the library
+        prunes neighbours itself; None fits the whole scan at once.
+    max_candidates : int
+        Best-scored candidates kept per scan.
+    min_cluster_voxels : int
+        Clusters with fewer (subsampled) voxels are dropped as noise.
+    group_radius : float
+        Modes closer than this (in bandwidth units of the 5-D feature
+        space) are grouped into one candidate, transitively: a large nodule
+        that mean shift splits into several modes becomes one round object
+        and a vessel one long one, so size and elongation mean something.
+        0 keeps every mode on its own.
+    device : str
+        "cpu", "cuda" or "auto" (CUDA when available).
+    seed : int
+        Seed of the voxel subsample.
+    """
+
+    working_mm: float = 1.25
+    sigma_mm: float = 1.0
+    coarse_sigma_mm: float | None = 2.5
+    voi_hu: float = -700.0
+    min_shape_index: float = 0.5
+    max_points: int = 150_000
+    bandwidth_mm: float = 4.0
+    bandwidth_hu: float = 150.0
+    bandwidth_si: float = 0.15
+    min_bin_freq: int = 3
+    tile_mm: float | None = 128.0
+    max_candidates: int = 100
+    min_cluster_voxels: int = 4
+    group_radius: float = 1.5
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class Clusters:
+    """Per-cluster statistics from the mean-shift stage (one row per cluster).
+
+    Attributes
+    ----------
+    center : ndarray of shape (n, 3)
+        Mode position, world mm (x, y, z).
+    n_voxels : ndarray of shape (n,)
+        Voxels of interest in the cluster (before subsampling, estimated).
+    volume_mm3 : ndarray of shape (n,)
+        ``n_voxels`` times the working voxel volume.
+    mean_hu, mean_si : ndarray of shape (n,)
+        Mean smoothed HU and shape index of the cluster's voxels.
+    round_fraction : ndarray of shape (n,)
+        Fraction of its voxels with shape index >= 0.875 (cap-like).
+    elongation : ndarray of shape (n,)
+        Ratio of the largest to the smallest spatial standard deviation.
+    extent_mm : ndarray of shape (n,)
+        Equivalent diameter from the spatial covariance, ``4 * sqrt(mean variance) ...``.
+    """
+
+    center: np.ndarray
+    n_voxels: np.ndarray
+    volume_mm3: np.ndarray
+    mean_hu: np.ndarray
+    mean_si: np.ndarray
+    round_fraction: np.ndarray
+    elongation: np.ndarray
+    extent_mm: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.center)
+
+    def take(self, index) -> "Clusters":
+        """The clusters at ``index`` (an index array or boolean mask)."""
+        return Clusters(**{k: v[index] for k, v in asdict(self).items()})
+
+
+@dataclass
+class Detection:
+    """Result of :func:`detect_candidates` for one scan.
+
+    Attributes
+    ----------
+    candidates : list of Finding
+        Best first; ``value`` is the score in (0, 1).
+    clusters : Clusters
+        Statistics of the kept candidates' clusters (same order).
+    timings : dict
+        Seconds per stage (keys from ``STAGES``).
+    n_points : int
+        Voxels that went into mean shift.
+    n_clusters : int
+        Clusters found before scoring and truncation.
+    """
+
+    candidates: list[Finding]
+    clusters: Clusters
+    timings: dict = field(default_factory=dict)
+    n_points: int = 0
+    n_clusters: int = 0
+
+
+# ------------------------------------------------------------------ stages
+def block_average(array: np.ndarray, factors_zyx) -> np.ndarray:
+    """Average non-overlapping blocks of ``factors_zyx`` voxels (edges cropped).
+
+    Examples
+    --------
+    >>> block_average(np.arange(8.0).reshape(1, 2, 4), (1, 2, 2)).tolist()
+    [[[2.5, 4.5]]]
+    """
+    fz, fy, fx = (int(f) for f in factors_zyx)
+    nz, ny, nx = (n // f for n, f in zip(array.shape, (fz, fy, fx)))
+    if (fz, fy, fx) == (1, 1, 1):
+        return array.astype(np.float32, copy=False)
+    cropped = array[: nz * fz, : ny * fy, : nx * fx].astype(np.float32)
+    return cropped.reshape(nz, fz, ny, fy, nx, fx).mean(axis=(1, 3, 5), dtype=np.float32)
+
+
+def working_scan(scan: Scan, working_mm: float) -> Scan:
+    """The scan block-averaged in-plane to about ``working_mm`` (slices untouched).
+
+    The new voxel ``(i, j, k)`` covers old voxels ``f*i ... f*i + f - 1``, so its
+    center (the new origin for ``i = 0``) is ``(f - 1) / 2`` old voxels in.
+
+    Examples
+    --------
+    >>> s = Scan(np.zeros((4, 8, 8), np.int16), [0, 0, 0], [0.6, 0.6, 2.0], seriesuid="a")
+    >>> w = working_scan(s, 1.25)
+    >>> w.array.shape, w.spacing.tolist(), w.origin.tolist()
+    ((4, 4, 4), [1.2, 1.2, 2.0], [0.3, 0.3, 0.0])
+    """
+    factor = max(1, int(round(working_mm / max(scan.spacing[0], scan.spacing[1]))))
+    factors_xyz = np.array([factor, factor, 1])
+    array = block_average(scan.array, factors_xyz[::-1])
+    shift = scan.direction @ ((factors_xyz - 1) / 2 * scan.spacing)
+    return Scan(array, scan.origin + shift, scan.spacing * factors_xyz, scan.direction, scan.seriesuid)
+
+
+def _bounding_box(mask: np.ndarray, margin) -> tuple[slice, slice, slice] | None:
+    if not mask.any():
+        return None
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.nonzero(mask.any(axis=other))[0]
+        lo = max(0, int(hits[0]) - margin[axis])
+        hi = min(mask.shape[axis], int(hits[-1]) + 1 + margin[axis])
+        box.append(slice(lo, hi))
+    return tuple(box)
+
+
+def _coarse_shape_index(volume: torch.Tensor, spacing_xyz: np.ndarray, sigma_mm: float, device) -> torch.Tensor:
+    """Shape index at ``sigma_mm`` on a 2x coarser grid, back on the fine grid (nearest)."""
+    factors_zyx = [2 if s * 2 <= sigma_mm else 1 for s in spacing_xyz[::-1]]
+    coarse = block_average(volume.cpu().numpy(), factors_zyx)
+    feats = shape_features(coarse, spacing_xyz * np.array(factors_zyx[::-1]), sigma_mm, device=device)
+    index = [
+        (torch.arange(n, device=feats.shape_index.device) // f).clamp_(max=m - 1)
+        for n, f, m in zip(volume.shape, factors_zyx, coarse.shape)
+    ]
+    return feats.shape_index[index[0][:, None, None], index[1][None, :, None], index[2][None, None, :]]
+
+
+def voxel_features(scan: Scan, config: DetectorConfig, timings: dict | None = None):
+    """Lung mask, shape index and the 5-D features of the voxels of interest.
+
+    Parameters
+    ----------
+    scan : Scan
+        The CT scan (HU).
+    config : DetectorConfig
+        Settings.
+    timings : dict, optional
+        Filled with the seconds spent in "resample", "lungs", "shape_index"
+        and "voxels".
+
+    Returns
+    -------
+    features : ndarray of shape (n_points, 5), float32
+        x, y, z (world mm), smoothed HU, shape index.
+    voxel_volume : float
+        mm^3 of one working voxel times the subsampling factor (the volume
+        one point stands for).
+    work : Scan
+        The working-grid scan.
+    lungs : ndarray of bool
+        Lung mask on the working grid.
+
+    Examples
+    --------
+    >>> from examples.nodule_candidates.phantom import make_phantom
+    >>> ph = make_phantom((64, 64, 32), seed=1, n_nodules=1, diameter_range=(10, 12))
+    >>> X, vol, work, lungs = voxel_features(ph.scan, DetectorConfig(device="cpu"))
+    >>> X.shape[1], bool(lungs.any())
+    (5, True)
+    """
+    timings = {} if timings is None else timings
+    device = _device(config.device)
+    t0 = time.perf_counter()
+    work = working_scan(scan, config.working_mm)
+    t1 = time.perf_counter()
+    lungs = segment_lungs(work.array, work.spacing)
+    t2 = time.perf_counter()
+    timings["resample"] = t1 - t0
+    timings["lungs"] = t2 - t1
+    # Crop to the lungs plus the derivative kernels' reach.
+    reach = 3.0 * max(config.sigma_mm, config.coarse_sigma_mm or 0.0)
+    margin = [int(math.ceil(reach / s)) + 2 for s in work.spacing[::-1]]
+    box = _bounding_box(lungs, margin)
+    if box is None:
+        timings["shape_index"] = timings["voxels"] = 0.0
+        return np.zeros((0, 5), np.float32), 0.0, work, lungs
+    volume = torch.as_tensor(np.ascontiguousarray(work.array[box]), device=device)
+    feats = shape_features(volume, work.spacing, config.sigma_mm, device=device)
+    si = feats.shape_index
+    smoothed = feats.smoothed
+    lung_crop = torch.as_tensor(lungs[box], device=si.device)
+    voi = lung_crop & (smoothed > config.voi_hu)
+    if config.coarse_sigma_mm:
+        missing = voi & torch.isnan(si)
+        if bool(missing.any()):
+            coarse = _coarse_shape_index(volume, work.spacing, config.coarse_sigma_mm, device)
+            si = torch.where(missing, coarse, si)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t3 = time.perf_counter()
+    timings["shape_index"] = t3 - t2
+    voi &= si >= config.min_shape_index  # NaN compares False: undefined shape drops out
+    index = torch.nonzero(voi)
+    hu = smoothed[voi]
+    shape = si[voi]
+    n_voi = index.shape[0]
+    if n_voi > config.max_points:
+        gen = torch.Generator(device="cpu").manual_seed(config.seed)
+        keep = torch.randperm(n_voi, generator=gen)[: config.max_points].to(index.device)
+        keep = keep.sort().values
+        index, hu, shape = index[keep], hu[keep], shape[keep]
+    offset = np.array([b.start for b in box])
+    world = index_zyx_to_world(index.cpu().numpy() + offset, work.origin, work.spacing, work.direction)
+    X = np.column_stack([world, hu.cpu().numpy(), shape.cpu().numpy()]).astype(np.float32)
+    voxel_volume = float(np.prod(work.spacing)) * (n_voi / max(1, X.shape[0]))
+    timings["voxels"] = time.perf_counter() - t3
+    return X, voxel_volume, work, lungs
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def library_prunes_neighbors() -> bool:
+    """Whether the installed ``meanshift_gpu.MeanShift`` has a ``neighbors`` parameter.
+
+    Examples
+    --------
+    >>> isinstance(library_prunes_neighbors(), bool)
+    True
+    """
+    return "neighbors" in MeanShift().get_params()
+
+
+def _estimator(bandwidth: np.ndarray, config: DetectorConfig, **params) -> MeanShift:
+    if library_prunes_neighbors():
+        params["neighbors"] = "auto"
+    return MeanShift(bandwidth=bandwidth, device=config.device, **params)
+
+
+def mean_shift_clusters(X: np.ndarray, config: DetectorConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster the 5-D voxel features; returns ``(centers, labels)``.
+
+    With ``config.tile_mm`` set (or "auto" and a library without neighbour
+    pruning) the points are cut into spatial tiles: each tile's seeds (bin
+    seeds of its own points) climb over its points plus a halo of
+    ``3 * bandwidth_mm``, its points get labels from its own modes, and modes
+    found by several tiles (within one bandwidth of each other in the scaled
+    5-D space, as in the library's own merge) are merged, biggest first.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, 5)
+        Features from :func:`voxel_features`.
+    config : DetectorConfig
+        Bandwidths and tiling.
+
+    Returns
+    -------
+    centers : ndarray of shape (n_clusters, 5)
+    labels : ndarray of shape (n,)
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> blob = lambda c: np.column_stack([rng.normal(c, 1.0, (200, 3)), rng.normal(0, 20, 200), rng.uniform(0.9, 1, 200)])
+    >>> X = np.vstack([blob(0.0), blob(60.0)]).astype(np.float32)
+    >>> centers, labels = mean_shift_clusters(X, DetectorConfig(device="cpu", tile_mm=40.0))
+    >>> len(centers), len(set(labels[:200].tolist())), labels[0] != labels[-1]
+    (2, 1, True)
+    """
+    bandwidth = np.array([config.bandwidth_mm] * 3 + [config.bandwidth_hu, config.bandwidth_si])
+    if len(X) == 0:
+        return np.zeros((0, 5), np.float32), np.zeros(0, np.int64)
+    tile = config.tile_mm
+    if tile == "auto":
+        tile = None if library_prunes_neighbors() else 48.0
+    if tile is None:
+        model = _estimator(bandwidth, config, bin_seeding=True, min_bin_freq=config.min_bin_freq)
+        model.fit(X)
+        return model.cluster_centers_, model.labels_
+    return _tiled_mean_shift(X, bandwidth, float(tile), config)
+
+
+def _tiled_mean_shift(X: np.ndarray, bandwidth: np.ndarray, tile: float, config: DetectorConfig):
+    halo = 3.0 * config.bandwidth_mm
+    xyz = X[:, :3].astype(np.float64)
+    lo = xyz.min(0)
+    cell = np.floor((xyz - lo) / tile).astype(np.int64)
+    keys, tile_of = np.unique(cell, axis=0, return_inverse=True)
+    tile_of = tile_of.reshape(-1)
+    centers, sizes, labels = [], [], np.full(len(X), -1, np.int64)
+    for t, key in enumerate(keys):
+        core = np.nonzero(tile_of == t)[0]
+        box_lo = lo + key * tile - halo
+        box_hi = lo + (key + 1) * tile + halo
+        near = np.nonzero(np.all((xyz >= box_lo) & (xyz < box_hi), axis=1))[0]
+        with warnings.catch_warnings():
+            # "binning failed, using the points as seeds" is fine for a sparse tile.
+            warnings.simplefilter("ignore", UserWarning)
+            seeds = get_bin_seeds(X[core] / bandwidth, 1.0, config.min_bin_freq) * bandwidth
+        if len(seeds) == 0:
+            continue
+        model = _estimator(bandwidth, config, seeds=seeds.astype(np.float32))
+        try:
+            model.fit(X[near])
+        except ValueError:  # no seed had a point in its window
+            continue
+        local = model.predict(X[core])
+        used = np.unique(local)
+        remap = np.full(len(model.cluster_centers_), -1, np.int64)
+        remap[used] = np.arange(len(centers), len(centers) + len(used))
+        labels[core] = remap[local]
+        centers.extend(model.cluster_centers_[used])
+        sizes.extend(np.bincount(local, minlength=len(remap))[used])
+    if not centers:
+        return np.zeros((0, 5), np.float32), labels
+    centers = np.asarray(centers, np.float64)
+    merged = _merge_modes(centers / bandwidth, np.asarray(sizes))
+    final, new_id = np.unique(merged, return_inverse=True)
+    # A merged cluster sits at its biggest member's mode.
+    out_centers = centers[final]
+    out_labels = np.where(labels >= 0, new_id.reshape(-1)[np.maximum(labels, 0)], -1)
+    return out_centers.astype(np.float32), out_labels
+
+
+def _merge_modes(scaled: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """For each mode, the index of the (bigger) mode it merges into: greedy, biggest first, radius 1."""
+    order = np.argsort(-sizes, kind="stable")
+    owner = np.full(len(scaled), -1, np.int64)
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(scaled)
+    for i in order:
+        if owner[i] >= 0:
+            continue
+        owner[i] = i
+        for j in tree.query_ball_point(scaled[i], r=1.0):
+            if owner[j] < 0:
+                owner[j] = i
+    return owner
+
+
+def group_modes(centers: np.ndarray, config: DetectorConfig) -> np.ndarray:
+    """Group id of every mode: single linkage at ``config.group_radius`` bandwidths.
+
+    Examples
+    --------
+    >>> c = np.array([[0, 0, 0, -100, 0.95], [5, 0, 0, -100, 0.95], [5, 0, 0, -100, 0.7], [40, 0, 0, 0, 1]])
+    >>> group_modes(c, DetectorConfig(bandwidth_mm=4.0)).tolist()
+    [0, 0, 1, 2]
+    """
+    n = len(centers)
+    if n == 0 or config.group_radius <= 0:
+        return np.arange(n)
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    bandwidth = np.array([config.bandwidth_mm] * 3 + [config.bandwidth_hu, config.bandwidth_si])
+    pairs = cKDTree(np.asarray(centers, np.float64) / bandwidth).query_pairs(config.group_radius, output_type="ndarray")
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def cluster_statistics(
+    X: np.ndarray, centers: np.ndarray | None, labels: np.ndarray, voxel_volume: float
+) -> Clusters:
+    """Size, intensity, shape and spread of every cluster.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, 5)
+        Voxel features (x, y, z, HU, shape index).
+    centers : ndarray of shape (n_clusters, >= 3) or None
+        Cluster positions; None places each at the centroid of its voxels
+        (for groups of modes).
+    labels : ndarray of shape (n,)
+        Cluster of each voxel (-1: none).
+    voxel_volume : float
+        mm^3 that one point stands for.
+
+    Returns
+    -------
+    clusters : Clusters
+
+    Examples
+    --------
+    >>> X = np.array([[0, 0, 0, -100, 1.0], [1, 0, 0, -50, 0.8], [9, 9, 9, 0, 0.7]], np.float32)
+    >>> c = cluster_statistics(X, X[[0, 2]], np.array([0, 0, 1]), voxel_volume=2.0)
+    >>> c.volume_mm3.tolist(), c.mean_hu.tolist(), c.round_fraction.tolist()
+    ([4.0, 2.0], [-75.0, 0.0], [0.5, 0.0])
+    """
+    if centers is not None:
+        n = len(centers)
+    else:
+        n = int(labels.max()) + 1 if labels.size and labels.max() >= 0 else 0
+    ok = labels >= 0
+    lab = labels[ok]
+    pts = X[ok].astype(np.float64)
+    count = np.bincount(lab, minlength=n).astype(np.float64)
+    safe = np.maximum(count, 1)
+
+    def mean(values):
+        return np.bincount(lab, weights=values, minlength=n) / safe
+
+    mean_xyz = np.column_stack([mean(pts[:, a]) for a in range(3)])
+    d = pts[:, :3] - mean_xyz[lab]
+    cov = np.zeros((n, 3, 3))
+    for a in range(3):
+        for b in range(a, 3):
+            cov[:, a, b] = cov[:, b, a] = mean(d[:, a] * d[:, b])
+    eig = np.clip(np.linalg.eigvalsh(cov), 0, None)  # ascending
+    elongation = np.sqrt((eig[:, 2] + 1e-2) / (eig[:, 0] + 1e-2))
+    # A uniform ball of diameter D has per-axis variance D^2 / 20.
+    extent = np.sqrt(20.0 * eig.mean(1))
+    return Clusters(
+        center=mean_xyz if centers is None else np.asarray(centers[:, :3], np.float64),
+        n_voxels=count,
+        volume_mm3=count * voxel_volume,
+        mean_hu=mean(pts[:, 3]),
+        mean_si=mean(pts[:, 4]),
+        round_fraction=mean((pts[:, 4] >= 0.875).astype(np.float64)),
+        elongation=elongation,
+        extent_mm=extent,
+    )
+
+
+def score_clusters(clusters: Clusters) -> np.ndarray:
+    """A nodule-likeness score in (0, 1) from size, roundness and intensity.
+
+    Hand-set, not trained: a logistic function of
+
+    * the equivalent diameter of the cluster volume (nodules of interest are
+      >= 5 mm; vessel tips and branch points make small clusters),
+    * the fraction of cap-shaped voxels (shape index >= 0.875) and the mean
+      shape index (vessels are ridges, 0.75),
+    * elongation (vessels are long along one axis).
+
+    Examples
+    --------
+    >>> c = Clusters(center=np.zeros((2, 3)), n_voxels=np.array([500.0, 20.0]),
+    ...              volume_mm3=np.array([500.0, 20.0]), mean_hu=np.array([-100.0, -300.0]),
+    ...              mean_si=np.array([0.95, 0.75]), round_fraction=np.array([0.8, 0.1]),
+    ...              elongation=np.array([1.2, 4.0]), extent_mm=np.array([10.0, 6.0]))
+    >>> s = score_clusters(c)
+    >>> bool(s[0] > s[1]), bool(((s > 0) & (s < 1)).all())
+    (True, True)
+    """
+    diameter = np.cbrt(6.0 * np.maximum(clusters.volume_mm3, 1e-3) / np.pi)
+    logit = (
+        2.0 * np.log(diameter / 5.0)
+        + 4.0 * (clusters.round_fraction - 0.4)
+        + 4.0 * (clusters.mean_si - 0.8)
+        - 1.0 * np.log(clusters.elongation)
+    )
+    return 1.0 / (1.0 + np.exp(-logit))
+
+
+def detect_candidates(
+    scan: Scan,
+    config: DetectorConfig | None = None,
+    *,
+    scorer: Callable[[Clusters], np.ndarray] = score_clusters,
+) -> Detection:
+    """Nodule candidates of one scan, best first.
+
+    Parameters
+    ----------
+    scan : Scan
+        CT scan in HU (see :func:`~examples.nodule_candidates.io.read_scan`).
+    config : DetectorConfig, optional
+        Settings; the defaults when None.
+    scorer : callable, default=score_clusters
+        Maps :class:`Clusters` to scores (higher is more nodule-like).
+
+    Returns
+    -------
+    detection : Detection
+        Candidates (LUNA16 rows, ``value`` = score), their cluster statistics
+        and the time spent per stage.
+
+    Examples
+    --------
+    >>> from examples.nodule_candidates.phantom import make_phantom
+    >>> ph = make_phantom((96, 96, 48), seed=2, n_nodules=1, diameter_range=(12, 14))
+    >>> det = detect_candidates(ph.scan, DetectorConfig(device="cpu"))
+    >>> best = min(np.linalg.norm(c.world - ph.nodules[0].world) for c in det.candidates)
+    >>> bool(best < ph.nodules[0].diameter_mm / 2)
+    True
+    """
+    config = config or DetectorConfig()
+    timings: dict = {}
+    X, voxel_volume, work, _ = voxel_features(scan, config, timings)
+    t0 = time.perf_counter()
+    centers, labels = mean_shift_clusters(X, config)
+    t1 = time.perf_counter()
+    group = group_modes(centers, config)
+    labels = np.where(labels >= 0, group[np.maximum(labels, 0)], -1)
+    clusters = cluster_statistics(X, None, labels, voxel_volume)
+    n_clusters = len(clusters)
+    clusters = clusters.take(clusters.n_voxels >= config.min_cluster_voxels)
+    scores = np.asarray(scorer(clusters), np.float64)
+    order = np.argsort(-scores, kind="stable")[: config.max_candidates]
+    clusters = clusters.take(order)
+    candidates = [
+        Finding(scan.seriesuid, *map(float, clusters.center[i]), float(scores[k]))
+        for i, k in enumerate(order)
+    ]
+    timings["mean_shift"] = t1 - t0
+    timings["scoring"] = time.perf_counter() - t1
+    return Detection(candidates, clusters, timings, n_points=len(X), n_clusters=n_clusters)

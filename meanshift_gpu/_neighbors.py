@@ -1,0 +1,385 @@
+"""Neighbour pruning: which data points each seed's mean-shift step reads.
+
+Far points weigh nothing (flat, Epanechnikov) or next to nothing (Gaussian
+beyond a few bandwidths), so a step only needs the points near each seed.  A
+*pruner* is built once from the (scaled) data and then answers one step for
+any set of seeds.  Methods:
+
+``"dense"``
+    Every seed reads every point: the exact fused pass of the backend.
+``"grid"``
+    Cells of side = the kernel's reach, points sorted by cell; a seed reads its
+    own and the ``3**d - 1`` adjacent cells (:mod:`meanshift_gpu._grid`).
+    Exact for the flat and Epanechnikov kernels.  Low dimensions only.
+``"lsh"``
+    Locality-sensitive hashing in torch: ``n_tables`` tables of ``n_bits``
+    quantised random projections each (bucket width ``bucket_width`` times the
+    reach), buckets found by sorting; a seed reads the union of its buckets.
+    Approximate: recall of the in-window points is reported by
+    :func:`neighbor_recall`.
+``"faiss"``
+    faiss range search (radius = reach) over an exact flat index, or an IVF
+    index (``nlist`` cells, ``nprobe`` probed) for large data.  Needs the
+    optional faiss package.
+
+The Gaussian kernel is truncated at ``truncate`` bandwidths (default 3: the
+weight there is ``exp(-4.5) ~ 1.1%`` of the peak) by every method but
+``"dense"``.
+
+``"auto"`` picks from this size table (``pairs`` = seeds x points):
+
+=======================  =====================================================
+condition                method
+=======================  =====================================================
+adaptive bandwidths      dense (per-point windows are not pruned)
+pairs <= 4e8 (CPU),      dense: the fused pass is already fast and exact
+pairs <= 2e10 (CUDA)
+n_features <= 6          grid, unless a grid neighbourhood would hold more than
+                         a third of the data (huge bandwidths), then dense
+otherwise                dense (LSH and faiss are approximate: ask for them)
+=======================  =====================================================
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ._backends import Blocks
+from ._grid import GridIndex, grid_mean_shift_step
+from ._reference import StepResult
+
+NEIGHBOR_METHODS = ("auto", "dense", "grid", "lsh", "faiss")
+
+# Defaults of the per-method options (``MeanShift(neighbor_options=...)``).
+DEFAULT_OPTIONS = {
+    "truncate": 3.0,  # Gaussian reach, in bandwidths
+    "n_tables": 16,  # LSH
+    "n_bits": 3,  # LSH projections per table
+    "bucket_width": 2.0,  # LSH quantisation step, in reaches
+    "seed": 0,  # LSH projections
+    "index": "auto",  # faiss: "flat", "ivf" or "auto"
+    "nlist": None,  # faiss IVF cells (None: 4 * sqrt(n))
+    "nprobe": None,  # faiss IVF cells probed (None: nlist // 4, at least 16)
+    "max_pairs": 1 << 24,  # seed-point pairs held at once by the candidate step
+}
+
+_AUTO_DENSE_PAIRS = {"cpu": 4e8, "cuda": 2e10}
+_GRID_MAX_FEATURES = 6
+_GRID_MAX_FRACTION = 1 / 3
+
+
+def check_neighbor_options(options: dict | None) -> dict:
+    """Merge user options over the defaults; unknown keys are an error."""
+    merged = dict(DEFAULT_OPTIONS)
+    if options is None:
+        return merged
+    if not isinstance(options, dict):
+        raise TypeError(f"neighbor_options must be a dict or None, got {type(options).__name__}")
+    unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"unknown neighbor_options {unknown}; valid keys are {sorted(DEFAULT_OPTIONS)}"
+        )
+    merged.update(options)
+    if not merged["truncate"] > 0:
+        raise ValueError(f"neighbor_options['truncate'] must be > 0, got {merged['truncate']!r}")
+    for key in ("n_tables", "n_bits", "max_pairs"):
+        if int(merged[key]) < 1:
+            raise ValueError(f"neighbor_options[{key!r}] must be >= 1, got {merged[key]!r}")
+    if not merged["bucket_width"] > 0:
+        raise ValueError(f"neighbor_options['bucket_width'] must be > 0, got {merged['bucket_width']!r}")
+    if merged["index"] not in ("auto", "flat", "ivf"):
+        raise ValueError(
+            f"neighbor_options['index'] must be 'auto', 'flat' or 'ivf', got {merged['index']!r}"
+        )
+    return merged
+
+
+def kernel_reach(kernel: str, options: dict) -> float:
+    """Distance (in bandwidths) beyond which a point is ignored."""
+    return float(options["truncate"]) if kernel == "gaussian" else 1.0
+
+
+def faiss_unavailable() -> str | None:
+    """None when faiss imports, else how to install it."""
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return "faiss is not installed: pip install 'meanshift-gpu[faiss]' (or faiss-gpu)"
+    return None
+
+
+def grid_fraction(index: GridIndex) -> float:
+    """Mean share of the data that a seed placed on a data point would read."""
+    counts = index.cell_counts.double()
+    total = torch.zeros_like(counts)
+    first = torch.cat([index.cell_starts, index.cell_starts.new_tensor([index.points.shape[0]])])
+    for offset in index.run_offsets.tolist():
+        lo = torch.searchsorted(index.cell_keys, index.cell_keys + offset - 1)
+        hi = torch.searchsorted(index.cell_keys, index.cell_keys + offset + 1, right=True)
+        total += (first[hi] - first[lo]).double()
+    n = index.points.shape[0]
+    return float((counts * total).sum() / (n * n))
+
+
+def choose_method(
+    method: str,
+    *,
+    n_seeds: int,
+    n_points: int,
+    n_features: int,
+    device: torch.device,
+    adaptive: bool = False,
+    grid: Callable[[], GridIndex] | None = None,
+) -> str:
+    """Resolve ``"auto"`` from the size table in the module docstring."""
+    if method != "auto":
+        return method
+    if adaptive:
+        return "dense"
+    if n_seeds * n_points <= _AUTO_DENSE_PAIRS.get(device.type, _AUTO_DENSE_PAIRS["cpu"]):
+        return "dense"
+    if n_features <= _GRID_MAX_FEATURES:
+        if grid is None or grid_fraction(grid()) <= _GRID_MAX_FRACTION:
+            return "grid"
+    return "dense"
+
+
+# ------------------------------------------------------------------ candidate step
+def pairs_step(
+    seeds: torch.Tensor,
+    data: torch.Tensor,
+    weights: torch.Tensor | None,
+    seed_ptr: torch.Tensor,
+    point_index: torch.Tensor,
+    *,
+    kernel: str,
+    reach: float,
+) -> StepResult:
+    """Mean-shift step over explicit (seed, point) candidate pairs.
+
+    ``point_index[seed_ptr[i]:seed_ptr[i + 1]]`` are the candidates of seed
+    ``i`` (no duplicates).  Candidates farther than ``reach`` are ignored, so
+    the result equals the dense step restricted to the candidates, with the
+    Gaussian truncated at ``reach``.
+    """
+    n_seeds = seeds.shape[0]
+    counts = seed_ptr[1:] - seed_ptr[:-1]
+    owner = torch.repeat_interleave(torch.arange(n_seeds, device=seeds.device), counts)
+    points = data[point_index]
+    d2 = (points - seeds[owner]).square_().sum(1)
+    if kernel == "flat":
+        w = (d2 <= 1.0).to(seeds.dtype)
+    elif kernel == "epanechnikov":
+        w = (1.0 - d2).clamp_min_(0.0)
+    else:  # gaussian, truncated; exp(-reach**2 / 2) cannot underflow for sane reach
+        w = torch.where(d2 <= reach * reach, torch.exp(-0.5 * d2), torch.zeros_like(d2))
+    if weights is not None:
+        w = w * weights[point_index]
+    mass = torch.zeros(n_seeds, dtype=seeds.dtype, device=seeds.device).index_add_(0, owner, w)
+    total = torch.zeros_like(seeds).index_add_(0, owner, points * w[:, None])
+    empty = mass <= 0
+    positions = torch.where(empty[:, None], seeds, total / mass.clamp_min(torch.finfo(mass.dtype).tiny)[:, None])
+    log_density = torch.where(empty, torch.full_like(mass, -math.inf), mass.clamp_min(1e-300).log())
+    return StepResult(positions, log_density)
+
+
+def _chunked_pairs_step(seeds, data, weights, find, *, kernel, reach, max_pairs):
+    """Run ``find`` + :func:`pairs_step` over seed chunks of bounded pair count.
+
+    The chunk size follows the candidates per seed seen so far, so memory
+    stays near ``max_pairs`` pairs whatever the data's density.
+    """
+    per_seed = 64.0
+    positions, log_density = [], []
+    s0 = 0
+    while s0 < seeds.shape[0]:
+        chunk = max(1, int(max_pairs // per_seed))
+        part = seeds[s0 : s0 + chunk]
+        seed_ptr, point_index = find(part)
+        step = pairs_step(part, data, weights, seed_ptr, point_index, kernel=kernel, reach=reach)
+        positions.append(step.positions)
+        log_density.append(step.log_density)
+        per_seed = max(1.0, point_index.numel() / part.shape[0])
+        s0 += part.shape[0]
+    return StepResult(torch.cat(positions), torch.cat(log_density))
+
+
+# ------------------------------------------------------------------------- pruners
+@dataclass
+class Pruner:
+    """One neighbour method bound to one data set (scaled coordinates)."""
+
+    method: str
+    step: Callable[[torch.Tensor, str, Blocks], StepResult]
+    candidates: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+class _LSHIndex:
+    """Quantised random projections; buckets located by sorting the keys."""
+
+    def __init__(self, data: torch.Tensor, reach: float, options: dict):
+        n, d = data.shape
+        gen = torch.Generator(device="cpu").manual_seed(int(options["seed"]))
+        self.n_tables = int(options["n_tables"])
+        self.n_bits = int(options["n_bits"])
+        width = float(options["bucket_width"]) * reach
+        proj = torch.randn(self.n_tables, d, self.n_bits, generator=gen, dtype=torch.float64)
+        self.proj = (proj / width).to(data.dtype).to(data.device)
+        self.shift = torch.rand(self.n_tables, 1, self.n_bits, generator=gen, dtype=torch.float64).to(
+            data.dtype
+        ).to(data.device)
+        self.keys = []
+        self.orders = []
+        for t in range(self.n_tables):
+            key = self._keys(data, t)
+            key, order = torch.sort(key)
+            self.keys.append(key)
+            self.orders.append(order)
+
+    def _keys(self, x: torch.Tensor, table: int) -> torch.Tensor:
+        codes = torch.floor(x @ self.proj[table] + self.shift[table]).long()
+        # Mix the codes into one int64 (collisions only merge buckets: more candidates).
+        key = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        for b in range(self.n_bits):
+            key = key * 1_000_003 + codes[:, b]
+        return key
+
+    def candidates(self, seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        owners, points = [], []
+        for t in range(self.n_tables):
+            key = self._keys(seeds, t)
+            lo = torch.searchsorted(self.keys[t], key)
+            hi = torch.searchsorted(self.keys[t], key, right=True)
+            counts = hi - lo
+            owner = torch.repeat_interleave(torch.arange(seeds.shape[0], device=seeds.device), counts)
+            within = torch.arange(int(counts.sum()), device=seeds.device) - torch.repeat_interleave(
+                torch.cumsum(counts, 0) - counts, counts
+            )
+            owners.append(owner)
+            points.append(self.orders[t][torch.repeat_interleave(lo, counts) + within])
+        return _unique_pairs(torch.cat(owners), torch.cat(points), seeds.shape[0])
+
+
+def _unique_pairs(owner: torch.Tensor, point: torch.Tensor, n_seeds: int):
+    """CSR (seed_ptr, point_index) of the distinct (owner, point) pairs."""
+    if owner.numel():
+        n_points = int(point.max()) + 1
+        pair = torch.unique(owner * n_points + point)
+        owner, point = pair // n_points, pair % n_points
+    counts = torch.bincount(owner, minlength=n_seeds)
+    seed_ptr = torch.zeros(n_seeds + 1, dtype=torch.long, device=owner.device)
+    seed_ptr[1:] = torch.cumsum(counts, 0)
+    return seed_ptr, point
+
+
+class _FaissIndex:
+    """faiss range search (exact flat or IVF) on float32 copies of the data."""
+
+    def __init__(self, data: torch.Tensor, reach: float, options: dict):
+        import faiss
+        import numpy as np
+
+        self._np = np
+        self.faiss = faiss
+        n, d = data.shape
+        self.radius2 = reach * reach * (1 + 1e-5)  # float32 search, exact test later
+        kind = options["index"]
+        if kind == "auto":
+            kind = "ivf" if n >= 200_000 else "flat"
+        x = np.ascontiguousarray(data.detach().cpu().numpy(), dtype=np.float32)
+        if kind == "flat":
+            index = faiss.IndexFlatL2(d)
+        else:
+            nlist = int(options["nlist"] or max(16, int(4 * math.sqrt(n))))
+            nlist = min(nlist, max(1, n // 39))
+            quantizer = faiss.IndexFlatL2(d)
+            index = faiss.IndexIVFFlat(quantizer, d, nlist)
+            sample = x if n <= 256 * nlist else x[np.random.default_rng(0).choice(n, 256 * nlist, replace=False)]
+            index.train(sample)
+            index.nprobe = min(nlist, int(options["nprobe"] or max(16, nlist // 4)))
+        index.add(x)
+        self.index = index
+        self.kind = kind
+        self.device = data.device
+
+    def candidates(self, seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        np = self._np
+        q = np.ascontiguousarray(seeds.detach().cpu().numpy(), dtype=np.float32)
+        lims, _, ids = self.index.range_search(q, self.radius2)
+        seed_ptr = torch.from_numpy(lims.astype(np.int64)).to(self.device)
+        return seed_ptr, torch.from_numpy(ids.astype(np.int64)).to(self.device)
+
+
+def build_pruner(
+    method: str,
+    data: torch.Tensor,
+    weights: torch.Tensor | None,
+    *,
+    kernel: str,
+    options: dict,
+    dense_step: Callable,
+    grid: GridIndex | None = None,
+) -> Pruner:
+    """Bind a resolved neighbour method to the scaled data.
+
+    ``dense_step(seeds, data, weights, kernel, blocks)`` is the backend's
+    exact step, used by ``"dense"``.
+    """
+    reach = kernel_reach(kernel, options)
+    if method == "dense":
+        return Pruner("dense", lambda seeds, k, blocks: dense_step(seeds, data, weights, k, blocks))
+    if method == "grid":
+        if data.shape[1] > _GRID_MAX_FEATURES:
+            raise ValueError(
+                f"neighbors='grid' reads 3**d cells and supports at most {_GRID_MAX_FEATURES} "
+                f"features, got {data.shape[1]}; use neighbors='lsh' or 'faiss'"
+            )
+        index = grid if grid is not None else GridIndex(data, reach, weights)
+
+        def grid_step(seeds, k, blocks):
+            return grid_mean_shift_step(
+                seeds, index, kernel=k, tile_elements=max(1 << 20, blocks.seeds * blocks.points)
+            )
+
+        return Pruner("grid", grid_step, None)
+    if method in ("lsh", "faiss"):
+        if method == "faiss":
+            reason = faiss_unavailable()
+            if reason is not None:
+                raise RuntimeError(f"neighbors='faiss' cannot run: {reason}")
+            index = _FaissIndex(data, reach, options)
+        else:
+            index = _LSHIndex(data, reach, options)
+        def candidate_step(seeds, k, blocks):
+            return _chunked_pairs_step(
+                seeds, data, weights, index.candidates, kernel=k, reach=reach,
+                max_pairs=int(options["max_pairs"]),
+            )
+
+        return Pruner(method, candidate_step, index.candidates)
+    raise ValueError(f"unknown neighbors {method!r}; expected one of {NEIGHBOR_METHODS}")
+
+
+def neighbor_recall(
+    pruner: Pruner, seeds: torch.Tensor, data: torch.Tensor, *, reach: float = 1.0
+) -> float:
+    """Share of the true within-``reach`` (seed, point) pairs the pruner finds.
+
+    Exact neighbours come from a dense distance pass, so call this on a
+    sample of seeds.  Methods without candidate lists (dense, grid) are exact:
+    1.0.
+    """
+    if pruner.candidates is None:
+        return 1.0
+    seed_ptr, point_index = pruner.candidates(seeds)
+    owner = torch.repeat_interleave(torch.arange(seeds.shape[0], device=seeds.device), seed_ptr.diff())
+    found = torch.zeros(seeds.shape[0], data.shape[0], dtype=torch.bool, device=seeds.device)
+    found[owner, point_index] = True
+    truth = torch.cdist(seeds, data).square() <= reach * reach
+    n_true = int(truth.sum())
+    return 1.0 if n_true == 0 else float((truth & found).sum()) / n_true

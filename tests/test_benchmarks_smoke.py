@@ -1,0 +1,91 @@
+"""CI smoke test of the benchmark suite: its smallest quick case, end to end.
+
+Runs ``python -m benchmarks run`` as a user would (a subprocess from the
+repository root) on the smallest case of the quick suite, with one timed run,
+the peers and two of this library's configurations, and a two-bandwidth
+quality sweep; then checks that results.json, results.md and the plots exist
+and hold measured values.  It checks that the suite works, not how fast
+anything is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CASE = "blobs-d2-n1000"
+METHODS = ["sklearn exact", "sklearn bin_seeding", "lesson loop", "keops", "faiss kNN",
+           "ours flat dense", "ours gaussian dense"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    cmd = [sys.executable, "-m", "benchmarks", "run", "--suite", "quick", "--device", "cpu",
+           "--out", str(out), "--only", CASE, "--repeats", "1", "--budget", "2", "--sweep-factors", "0.5", "1",
+           "--no-progress", "--methods", *METHODS]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return out, proc.stdout
+
+
+def test_smallest_case_is_the_first_quick_case():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.cases import build_suite
+
+    spec = build_suite("quick", "cpu")
+    assert spec.cases[0].id == CASE
+    assert spec.cases[0].n == min(c.n for c in spec.cases)
+
+
+def test_results_json_holds_measured_rows(smoke_run):
+    out, _ = smoke_run
+    results = json.loads((out / "results.json").read_text())
+    assert results["machine"]["cores"] >= 1
+    assert results["machine"]["gpu"] == "none" or "present" in results["machine"]["gpu"]
+    rows = {r["method"]: r for r in results["rows"]}
+    assert set(rows) == set(METHODS)
+    assert {r["case"] for r in results["rows"]} == {CASE}
+    for name in ("sklearn exact", "ours flat dense", "ours gaussian dense"):
+        row = rows[name]
+        assert row["status"] == "ok", row
+        assert row["times"] and all(t > 0 and math.isfinite(t) for t in row["times"])
+        assert row["seconds"] == sorted(row["times"])[len(row["times"]) // 2]
+        assert row["n_clusters"] >= 1
+        assert -1.0 <= row["ari_truth"] <= 1.0
+    # The flat kernel reproduces scikit-learn: the same clustering on well-separated blobs.
+    assert rows["ours flat dense"]["ari_sklearn"] == pytest.approx(1.0)
+    assert rows["ours flat dense"]["n_clusters"] == rows["sklearn exact"]["n_clusters"]
+    # Speed-ups are ratios of the measured medians.
+    speed = rows["ours flat dense"]["speedup"]["sklearn exact"]
+    assert speed["ratio"] == pytest.approx(rows["sklearn exact"]["seconds"] / rows["ours flat dense"]["seconds"])
+    # A peer that is not installed is reported with its reason, not dropped.
+    assert rows["keops"]["status"] == "ok" or rows["keops"]["status"].startswith("not installed")
+    sweep = [s for s in results["sweep"] if s["status"] == "ok"]
+    assert {s["factor"] for s in sweep} == {0.5, 1.0}
+
+
+def test_markdown_table_and_plots(smoke_run):
+    out, stdout = smoke_run
+    table = (out / "results.md").read_text()
+    assert f"## {CASE}" in table
+    assert "| method | time (s) |" in table
+    results = json.loads((out / "results.json").read_text())
+    ours = next(r for r in results["rows"] if r["method"] == "ours flat dense")
+    assert f"| ours flat dense | {ours['seconds']:.3g} |" in table
+    assert "ours flat dense" in stdout  # rows are printed as they finish
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "matplotlib is not installed" in json.dumps(results["plots"])
+        return
+    for name in ("time_vs_n_blobs-d2.png", "quality_vs_bandwidth.png"):
+        png = out / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert png.stat().st_size > 5_000

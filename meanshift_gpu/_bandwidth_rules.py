@@ -77,6 +77,8 @@ def weighted_quantiles(values: torch.Tensor, weights: torch.Tensor | None, qs) -
     Linear interpolation on the weighted empirical CDF (midpoint rule), which
     reduces to numpy's ``"hazen"`` definition for equal weights.
     """
+    if values.shape[0] == 1:  # one point: every quantile is that point
+        return values.expand(len(qs), -1).clone()
     sorted_values, order = torch.sort(values, dim=0)
     if weights is None:
         w = torch.ones_like(sorted_values)

@@ -208,9 +208,12 @@ def blur(
             step = make_step(positions)
         result, config = call_shrinking_on_oom(step, config, positions, config.kernel)
         shift = torch.linalg.vector_norm(result.positions - positions, dim=1)
+        if weights is not None:
+            # Zero-weight points pull on nothing: they must not delay the stop.
+            shift = shift[weights > 0]
         positions = result.positions
         log_density = result.log_density
-        max_shift = float(shift.max())
+        max_shift = float(shift.max()) if shift.numel() else 0.0
         config.log(f"blurring iteration {iteration}: largest shift {max_shift:.3g} bandwidths")
         if max_shift <= config.tol or iteration >= config.max_iter:
             break

@@ -153,7 +153,7 @@ class MeanShift(ClusterMixin, BaseEstimator):
         bandwidths, 3.0), LSH ``n_tables`` (16), ``n_bits`` (3),
         ``bucket_width`` (2.0 reaches), ``seed`` (0); faiss ``index``
         ("auto", "flat" or "ivf"), ``nlist``, ``nprobe``; ``max_pairs``
-        (seed-point pairs held at once, 2**24).
+        (seed-point pairs held at once, 2**22).
     batch_size : int or "auto", default="auto"
         Seeds per tile; "auto" sizes tiles from a memory budget.  Results do
         not depend on it beyond float rounding.

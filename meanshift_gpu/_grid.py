@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from ._reference import StepResult, kernel_weights
+from ._reference import StepResult
 
 # Keys are int64; keep the padded box well inside that range.
 _MAX_KEY_SPACE = 1 << 62
@@ -91,85 +91,83 @@ def grid_mean_shift_step(
     index: GridIndex,
     *,
     kernel: str = "flat",
-    min_group_seeds: int = 128,
-    tile_elements: int = 1 << 22,
+    seed_block: int = 64,
+    max_indices: int = 1 << 24,
 ) -> StepResult:
     """One mean-shift step that reads only the cells around each seed.
 
-    Seeds are sorted by cell and cut into groups of consecutive cells along
-    the last axis; a group is compared, as one dense tile, with the points of
-    the ``3**(d-1)`` runs of cells around it (each run is one contiguous slice
-    of the sorted data).  Exact for the flat and Epanechnikov kernels (cell
-    side = their reach); for the Gaussian kernel points beyond the cell
-    neighbourhood (at least the truncation radius away) are left out.
-
-    Parameters
-    ----------
-    seeds : Tensor of shape (n_seeds, n_features)
-        Scaled seed positions.
-    index : GridIndex
-        The data, bucketed by cell.
-    kernel : {"flat", "gaussian", "epanechnikov"}
-        Kernel profile.
-    min_group_seeds : int
-        Consecutive seed cells are grouped until a group holds this many seeds
-        (fewer, larger tiles: less Python overhead, a little more arithmetic).
-    tile_elements : int
-        Largest seed x point tile evaluated at once.
-
-    Returns
-    -------
-    StepResult
-        Same contract as :func:`meanshift_gpu._reference.mean_shift_step`.
+    Seeds are sorted by cell and packed into blocks of ``seed_block`` that
+    never straddle two rows of cells (a row: cells that differ only in the
+    last coordinate; each row is padded to whole blocks with copies of its
+    last seed, whose results are discarded).  A block whose seeds lie in cells
+    ``kmin..kmax`` of one row reads the ``3**(d-1)`` contiguous runs of cells
+    ``kmin - 1 + o .. kmax + 1 + o``: a superset of every seed's neighbour
+    cells, so the result is the same as :func:`grid_mean_shift_step` (and exact
+    for the flat and Epanechnikov kernels).  The candidate lists go to
+    :func:`meanshift_gpu._sparse.blocked_step` in chunks of at most
+    ``max_indices`` indices.
     """
-    from ._reference import mean_shift_step
+    from ._sparse import blocked_step
 
-    n_seeds = seeds.shape[0]
+    n_seeds, n_features = seeds.shape
+    device = seeds.device
     positions = seeds.clone()
-    log_density = torch.full((n_seeds,), -math.inf, dtype=seeds.dtype, device=seeds.device)
+    log_density = torch.full((n_seeds,), -math.inf, dtype=seeds.dtype, device=device)
     keys, inside = index.seed_keys(seeds)
-    keys = torch.where(inside, keys, torch.full_like(keys, -1))
+    members = torch.nonzero(inside).squeeze(1)
+    if members.numel() == 0:
+        return StepResult(positions, log_density)
+    keys = keys[members]
     order = torch.argsort(keys)
-    keys = keys[order]
-    cell_keys, seeds_per_cell = torch.unique_consecutive(keys, return_counts=True)
-    cell_keys_list = cell_keys.tolist()
-    counts_list = seeds_per_cell.tolist()
-    last_stride = 1  # keys of neighbours along the last axis differ by 1
-    offsets = index.run_offsets  # key offsets of the 3**(d-1) runs, centred
-    start = 0
-    i = 0
-    n_cells = len(cell_keys_list)
-    while i < n_cells:
-        if cell_keys_list[i] < 0:  # seeds outside the padded box: empty windows
-            start += counts_list[i]
-            i += 1
-            continue
-        j, group_seeds = i, 0
-        # Extend along the last axis while cells are adjacent and the group is small.
-        while j < n_cells and group_seeds < min_group_seeds and (
-            j == i or cell_keys_list[j] == cell_keys_list[j - 1] + last_stride
-        ):
-            group_seeds += counts_list[j]
-            j += 1
-        lo_key, hi_key = cell_keys_list[i] - 1, cell_keys_list[j - 1] + 1
-        lo = torch.searchsorted(index.cell_keys, offsets + lo_key)
-        hi = torch.searchsorted(index.cell_keys, offsets + hi_key, right=True)
-        first = torch.cat([index.cell_starts, index.cell_starts.new_tensor([index.points.shape[0]])])
-        slices = [(int(a), int(b)) for a, b in zip(first[lo].tolist(), first[hi].tolist()) if b > a]
-        member = order[start : start + group_seeds]
-        start += group_seeds
-        i = j
-        if not slices:
-            continue
-        candidates = torch.cat([index.points[a:b] for a, b in slices])
-        weights = None
-        if index.weights is not None:
-            weights = torch.cat([index.weights[a:b] for a, b in slices])
-        point_block = max(256, tile_elements // max(1, group_seeds))
-        step = mean_shift_step(
-            seeds[member], candidates, weights, kernel=kernel,
-            seed_block=group_seeds, point_block=point_block,
+    members, keys = members[order], keys[order]
+    row_stride = int(index.strides[-2]) if n_features > 1 else None
+    rows = keys // row_stride if row_stride is not None else torch.zeros_like(keys)
+    _, row_counts = torch.unique_consecutive(rows, return_counts=True)
+    padded_counts = (row_counts + seed_block - 1) // seed_block * seed_block
+    row_start = torch.cumsum(row_counts, 0) - row_counts
+    padded_start = torch.cumsum(padded_counts, 0) - padded_counts
+    n_slots = int(padded_counts.sum())
+    # Slot -> sorted seed: real slots map to themselves, padding to the row's last seed.
+    row_of_slot = torch.repeat_interleave(torch.arange(row_counts.numel(), device=device), padded_counts)
+    rank = torch.arange(n_slots, device=device) - padded_start[row_of_slot]
+    sorted_of_slot = row_start[row_of_slot] + torch.minimum(rank, row_counts[row_of_slot] - 1)
+    real = rank < row_counts[row_of_slot]
+    slot_seeds = seeds[members[sorted_of_slot]]
+    slot_keys = keys[sorted_of_slot].view(-1, seed_block)
+    kmin, kmax = slot_keys[:, 0], slot_keys.amax(1)
+
+    first = torch.cat([index.cell_starts, index.cell_starts.new_tensor([index.points.shape[0]])])
+    offsets = index.run_offsets
+    lo = first[torch.searchsorted(index.cell_keys, (kmin[:, None] - 1) + offsets[None, :])]
+    hi = first[torch.searchsorted(index.cell_keys, (kmax[:, None] + 1) + offsets[None, :], right=True)]
+    lengths = (hi - lo).clamp_min_(0)
+    per_block = lengths.sum(1)
+    n_blocks = per_block.numel()
+
+    out_positions = torch.empty_like(slot_seeds)
+    out_log_density = torch.empty(n_slots, dtype=seeds.dtype, device=device)
+    b0 = 0
+    cumulative = torch.cumsum(per_block, 0)
+    while b0 < n_blocks:
+        base = int(cumulative[b0 - 1]) if b0 else 0
+        b1 = int(torch.searchsorted(cumulative, torch.tensor(base + max_indices, device=device), right=True))
+        b1 = min(n_blocks, max(b0 + 1, b1))
+        run_lo, run_len = lo[b0:b1].reshape(-1), lengths[b0:b1].reshape(-1)
+        total = int(run_len.sum())
+        run_first = torch.cumsum(run_len, 0) - run_len
+        indices = torch.repeat_interleave(run_lo - run_first, run_len) + torch.arange(total, device=device)
+        starts = torch.zeros(b1 - b0 + 1, dtype=torch.long, device=device)
+        starts[1:] = torch.cumsum(per_block[b0:b1], 0)
+        s0, s1 = b0 * seed_block, b1 * seed_block
+        step = blocked_step(
+            slot_seeds[s0:s1], index.points, index.weights, starts, indices,
+            kernel=kernel, seed_block=seed_block,
+            truncate=index.cell_size if kernel == "gaussian" else None,
         )
-        positions[member] = step.positions
-        log_density[member] = step.log_density
+        out_positions[s0:s1] = step.positions
+        out_log_density[s0:s1] = step.log_density
+        b0 = b1
+    targets = members[sorted_of_slot[real]]
+    positions[targets] = out_positions[real]
+    log_density[targets] = out_log_density[real]
     return StepResult(positions, log_density)

@@ -64,7 +64,7 @@ DEFAULT_OPTIONS = {
     "index": "auto",  # faiss: "flat", "ivf" or "auto"
     "nlist": None,  # faiss IVF cells (None: 4 * sqrt(n))
     "nprobe": None,  # faiss IVF cells probed (None: nlist // 4, at least 16)
-    "max_pairs": 1 << 24,  # seed-point pairs held at once by the candidate step
+    "max_pairs": 1 << 22,  # seed-point pairs held at once by the candidate step
 }
 
 _AUTO_DENSE_PAIRS = {"cpu": 4e8, "cuda": 2e10}
@@ -188,24 +188,38 @@ def pairs_step(
     return StepResult(positions, log_density)
 
 
-def _chunked_pairs_step(seeds, data, weights, find, *, kernel, reach, max_pairs):
-    """Run ``find`` + :func:`pairs_step` over seed chunks of bounded pair count.
+def _chunked_pairs_step(seeds, data, weights, index, *, kernel, reach, max_pairs):
+    """Run ``index.candidates`` + :func:`pairs_step` over seed chunks.
 
-    The chunk size follows the candidates per seed seen so far, so memory
-    stays near ``max_pairs`` pairs whatever the data's density.
+    Chunks are cut so that each holds about ``max_pairs`` candidate pairs:
+    from the index's cheap per-seed upper bound (``index.count``) when it has
+    one, else from the candidates per seed seen so far.
     """
+    n_seeds = seeds.shape[0]
+    bounds = None
+    if hasattr(index, "count"):
+        cumulative = torch.cumsum(index.count(seeds), 0)
+        # Chunk c ends at the last seed whose cumulative count fits c * max_pairs.
+        bounds = torch.searchsorted(
+            cumulative, torch.arange(1, int(cumulative[-1]) // max_pairs + 2, device=seeds.device) * max_pairs,
+            right=True,
+        ).tolist() if n_seeds else []
     per_seed = 64.0
     positions, log_density = [], []
     s0 = 0
-    while s0 < seeds.shape[0]:
-        chunk = max(1, int(max_pairs // per_seed))
-        part = seeds[s0 : s0 + chunk]
-        seed_ptr, point_index = find(part)
+    while s0 < n_seeds:
+        if bounds is not None:
+            s1 = next((b for b in bounds if b > s0), n_seeds)
+            s1 = max(s0 + 1, min(s1, n_seeds))
+        else:
+            s1 = min(n_seeds, s0 + max(1, int(max_pairs // per_seed)))
+        part = seeds[s0:s1]
+        seed_ptr, point_index = index.candidates(part)
         step = pairs_step(part, data, weights, seed_ptr, point_index, kernel=kernel, reach=reach)
         positions.append(step.positions)
         log_density.append(step.log_density)
         per_seed = max(1.0, point_index.numel() / part.shape[0])
-        s0 += part.shape[0]
+        s0 = s1
     return StepResult(torch.cat(positions), torch.cat(log_density))
 
 
@@ -248,6 +262,14 @@ class _LSHIndex:
         for b in range(self.n_bits):
             key = key * 1_000_003 + codes[:, b]
         return key
+
+    def count(self, seeds: torch.Tensor) -> torch.Tensor:
+        """Upper bound on each seed's candidates: its bucket sizes summed over tables."""
+        total = torch.zeros(seeds.shape[0], dtype=torch.long, device=seeds.device)
+        for t in range(self.n_tables):
+            key = self._keys(seeds, t)
+            total += torch.searchsorted(self.keys[t], key, right=True) - torch.searchsorted(self.keys[t], key)
+        return total
 
     def candidates(self, seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         owners, points = [], []
@@ -342,9 +364,7 @@ def build_pruner(
         index = grid if grid is not None else GridIndex(data, reach, weights)
 
         def grid_step(seeds, k, blocks):
-            return grid_mean_shift_step(
-                seeds, index, kernel=k, tile_elements=max(1 << 20, blocks.seeds * blocks.points)
-            )
+            return grid_mean_shift_step(seeds, index, kernel=k)
 
         return Pruner("grid", grid_step, None)
     if method in ("lsh", "faiss"):
@@ -357,7 +377,7 @@ def build_pruner(
             index = _LSHIndex(data, reach, options)
         def candidate_step(seeds, k, blocks):
             return _chunked_pairs_step(
-                seeds, data, weights, index.candidates, kernel=k, reach=reach,
+                seeds, data, weights, index, kernel=k, reach=reach,
                 max_pairs=int(options["max_pairs"]),
             )
 

@@ -156,6 +156,7 @@ def _tile_weights(
     valid: torch.Tensor,
     w: torch.Tensor | None,
     kernel: str,
+    truncate: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Kernel weights of a (b, s, t) tile; Gaussian ones relative to the row maximum.
 
@@ -164,10 +165,14 @@ def _tile_weights(
     ``row_max`` (b, s) the Gaussian logit maximum (``None`` otherwise).
     """
     if kernel == "gaussian":
+        if truncate is not None:
+            valid = valid[:, None, :] & (d2 <= truncate * truncate)
+        else:
+            valid = valid[:, None, :]
         logit = d2.mul_(-0.5)
         if w is not None:
             logit += w[:, None, :]
-        logit.masked_fill_(~valid[:, None, :], -math.inf)
+        logit.masked_fill_(~valid, -math.inf)
         row_max = logit.amax(-1)
         # A row without any finite logit shifts by 0, so exp gives 0, not NaN.
         shift = torch.where(torch.isinf(row_max), 0.0, row_max)
@@ -273,6 +278,7 @@ def blocked_step(
     seed_block: int,
     max_pairs: int = DEFAULT_MAX_PAIRS,
     max_tile: int = 1024,
+    truncate: float | None = None,
 ) -> StepResult:
     """Mean-shift step where each block of seeds reads only its candidate points.
 
@@ -303,6 +309,9 @@ def blocked_step(
     max_tile : int, default=1024
         Largest candidate tile; longer lists are cut into several tiles.
         Results do not depend on ``max_pairs`` / ``max_tile`` beyond rounding.
+    truncate : float or None, default=None
+        Gaussian only: candidates farther than this (in bandwidths) get weight
+        0, so a superset of candidates gives the same result as the exact set.
 
     Returns
     -------
@@ -373,6 +382,7 @@ def blocked_step(
                 valid,
                 None if point_factor is None else point_factor[rows],
                 kernel,
+                truncate,
             )
             partial = torch.cat([torch.bmm(p, x), p.sum(-1, keepdim=True)], -1)
             seed_rows = (blocks[:, None] * seed_block + seed_offsets).reshape(-1)

@@ -32,7 +32,7 @@ def test_grid_step_equals_dense_step(n_features, kernel):
     seeds = torch.cat([data[:150] + 0.3, data.amax(0, keepdim=True) + 5.0])  # last: empty window
     weights = torch.rand(700, generator=gen, dtype=torch.float64)
     index = GridIndex(data, 1.0, weights)
-    got = grid_mean_shift_step(seeds, index, kernel=kernel, min_group_seeds=7, tile_elements=5000)
+    got = grid_mean_shift_step(seeds, index, kernel=kernel, seed_block=7, max_indices=5000)
     want = mean_shift_step(seeds, data, weights, kernel=kernel)
     torch.testing.assert_close(got.positions, want.positions, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(got.log_density, want.log_density, rtol=1e-12, atol=1e-12)
@@ -41,7 +41,7 @@ def test_grid_step_equals_dense_step(n_features, kernel):
 
 @pytest.mark.parametrize("n_features", [2, 3])
 def test_grid_flat_fit_identical_to_dense_and_sklearn(n_features, assert_same_clustering):
-    X, _ = _blobs(1200, n_features, 5, seed=n_features)
+    X, _ = _blobs(700, n_features, 5, seed=n_features)
     dense = _fit(X, bandwidth=1.1, neighbors="dense")
     grid = _fit(X, bandwidth=1.1, neighbors="grid")
     assert grid.neighbors_ == "grid" and dense.neighbors_ == "dense"
@@ -106,8 +106,8 @@ def test_grid_rejects_too_many_features():
 # Datasets where the bandwidth gives the real structure (so a clustering
 # that matches is meaningful, not a coin toss among hundreds of singletons).
 APPROX_CASES = {
-    "5d": (_blobs(2000, 5, 5, seed=22, std=0.8, box=(-15, 15)), 1.6),
-    "12d": (_blobs(1500, 12, 4, seed=23, std=0.8, box=(-15, 15)), 4.5),
+    "5d": (_blobs(500, 5, 5, seed=22, std=0.8, box=(-15, 15)), 1.6),
+    "12d": (_blobs(400, 12, 4, seed=23, std=0.8, box=(-15, 15)), 4.5),
 }
 
 
@@ -166,7 +166,7 @@ def test_pairs_step_equals_dense_on_full_candidate_lists():
 
 def test_candidate_chunking_does_not_change_results():
     (X, _), bandwidth = APPROX_CASES["5d"]
-    X = X[:600]
+    X = X[:250]
     a = _fit(X, bandwidth=bandwidth, neighbors="lsh", neighbor_options={"max_pairs": 1 << 22})
     b = _fit(X, bandwidth=bandwidth, neighbors="lsh", neighbor_options={"max_pairs": 5_000})
     np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, atol=1e-9)

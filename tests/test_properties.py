@@ -68,7 +68,7 @@ class Problem:
 
 
 @st.composite
-def problems(draw, kernels=KERNELS, max_samples=60, max_features=3, separated=False):
+def problems(draw, kernels=KERNELS, max_samples=60, max_features=3):
     """Blobs: 1-4 centers in a box, normal spread, bandwidth 0.6-3 spreads."""
     seed = draw(st.integers(0, 2**32 - 1))
     n_features = draw(st.integers(1, max_features))
@@ -77,8 +77,7 @@ def problems(draw, kernels=KERNELS, max_samples=60, max_features=3, separated=Fa
     spread = draw(st.floats(0.3, 2.0))
     kernel = draw(st.sampled_from(kernels))
     rng = np.random.default_rng(seed)
-    box = 30.0 * spread if separated else 8.0
-    centers = rng.uniform(-box, box, size=(n_blobs, n_features))
+    centers = rng.uniform(-8.0, 8.0, size=(n_blobs, n_features))
     y = rng.integers(0, n_blobs, n_samples)
     X = centers[y] + rng.normal(scale=spread, size=(n_samples, n_features))
     bandwidth = spread * draw(st.floats(0.6, 3.0))
@@ -211,9 +210,7 @@ def test_integer_sample_weight_equals_repeated_rows(problem, weight_seed, algori
         atol=problem.atol,
         rtol=1e-7,
     )
-    if algorithm == "standard" or weights.min() > 0:
-        # Blurring with zero weights: see test_blurring_zero_weight_points_do_not_delay_the_stop.
-        assert weighted.n_iter_ == repeated.n_iter_
+    assert weighted.n_iter_ == repeated.n_iter_
     # Zero-weight points still get the label of their nearest center.
     zero = weights == 0
     if algorithm == "standard" and cluster_all and zero.any():
@@ -233,11 +230,6 @@ def test_blurring_zero_weight_points_are_not_modes():
     assert len(weighted.cluster_centers_) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known engine bug: _engine.blur's stopping rule also waits for zero-weight "
-    "points, so n_iter_ differs from the fit without them",
-)
 def test_blurring_zero_weight_points_do_not_delay_the_stop():
     # The weighted points collapse in one step; the zero-weight point at 1.35
     # first jumps to 0.4, then to the collapsed 0.2 (a second iteration).
@@ -247,6 +239,24 @@ def test_blurring_zero_weight_points_do_not_delay_the_stop():
     weighted = MeanShift(**params).fit(X, sample_weight=weights)
     dropped = MeanShift(**params).fit(X[:5])
     assert weighted.n_iter_ == dropped.n_iter_
+
+
+def test_bin_seeding_with_weights_falls_back_like_repeated_rows():
+    # Every point is alone in its grid cell.  Repeated rows (10 of them) bin
+    # into 5 seeds, so scikit-learn's rule keeps the bin seeds (3 clusters);
+    # the weighted fit must too, rather than fall back to the points as seeds
+    # (which gives 4 clusters).
+    X = np.array([[2.83, -3.58], [1.66, -3.32], [3.50, -2.74], [1.49, -4.95], [1.57, -3.64]])
+    weights = np.array([3, 2, 2, 1, 1])
+    params = {"bandwidth": 1.0, "bin_seeding": True}
+    weighted = MeanShift(**params).fit(X, sample_weight=weights)
+    repeated = MeanShift(**params).fit(np.repeat(X, weights, axis=0))
+    np.testing.assert_allclose(np.sort(weighted.cluster_centers_, 0), np.sort(repeated.cluster_centers_, 0))
+    assert len(weighted.cluster_centers_) == 3
+    # Unit weights are no weights: all alone in their cells, binning falls back.
+    with pytest.warns(UserWarning, match="Binning data failed"):
+        unit = MeanShift(**params).fit(X, sample_weight=np.ones(5))
+    assert len(unit.cluster_centers_) == len(MeanShift(bandwidth=1.0).fit(X).cluster_centers_) == 4
 
 
 @PROPERTY
@@ -271,44 +281,13 @@ def test_integer_sample_weight_equals_repeated_rows_with_bin_seeding(problem, we
 
 
 # ------------------------------------------------------------ float32 / float64
-@PROPERTY
-@given(problem=problems(kernels=("gaussian", "epanechnikov"), separated=True))
-def test_float32_agrees_with_float64(problem, match_centers):
-    # Well-separated blobs: float32 rounding (~1e-7) cannot move a point
-    # across a window boundary that matters.  Smooth kernels only; the flat
-    # kernel's windows are discontinuous (see the flat test below).
-    f64 = problem.fit(tol=1e-5)
-    f32 = problem.fit(problem.X.astype(np.float32), tol=1e-5)
-    assert f32.cluster_centers_.dtype == np.float32 and f64.cluster_centers_.dtype == np.float64
-    assert f32.cluster_centers_.shape == f64.cluster_centers_.shape
-    match = match_centers(f64.cluster_centers_, f32.cluster_centers_)
-    np.testing.assert_allclose(f32.cluster_centers_[match], f64.cluster_centers_, atol=1e-2 * problem.bandwidth)
-    assert adjusted_rand_score(f64.labels_, f32.labels_) == 1.0
-
-
-@PROPERTY
-@given(problem=problems(kernels=("flat",), separated=True))
-def test_float32_agrees_with_float64_flat_kernel(problem, match_centers):
-    # With a bandwidth well below the blob separation, every mode lies in
-    # its own blob; float32 may move a boundary point between windows but
-    # the partition into blobs is the same.
-    f64 = problem.fit()
-    f32 = problem.fit(problem.X.astype(np.float32))
-    assert f32.cluster_centers_.dtype == np.float32
-    assert adjusted_rand_score(f64.labels_, f32.labels_) > 0.9
-    if f32.cluster_centers_.shape == f64.cluster_centers_.shape:
-        match = match_centers(f64.cluster_centers_, f32.cluster_centers_)
-        np.testing.assert_allclose(f32.cluster_centers_[match], f64.cluster_centers_, atol=0.5 * problem.bandwidth)
-
-
-# -------------------------------------------------------------------- blurring
 @st.composite
-def separated_blobs(draw):
+def separated_blobs(draw, kernels=KERNELS):
     """1-4 blobs of 25-40 points, 12 bandwidths apart, bandwidth 2.5-3.5 spreads."""
     seed = draw(st.integers(0, 2**32 - 1))
     n_features = draw(st.integers(1, 3))
     n_blobs = draw(st.integers(1, 4))
-    kernel = draw(st.sampled_from(KERNELS))
+    kernel = draw(st.sampled_from(kernels))
     spread = draw(st.floats(0.1, 10.0))
     bandwidth = spread * draw(st.floats(2.5, 3.5))
     rng = np.random.default_rng(seed)
@@ -320,6 +299,40 @@ def separated_blobs(draw):
     return Problem(X, y, bandwidth, kernel)
 
 
+@PROPERTY
+@given(problem=separated_blobs(kernels=("gaussian", "epanechnikov")))
+def test_float32_agrees_with_float64(problem, match_centers):
+    # Well-sampled, well-separated blobs (an ill-conditioned problem, e.g. two
+    # points just over 2 sigma apart, has modes that float32 cannot resolve).
+    # Smooth kernels here; the flat kernel's windows are discontinuous (below).
+    f64 = problem.fit(tol=1e-5)
+    f32 = problem.fit(problem.X.astype(np.float32), tol=1e-5)
+    assert f32.cluster_centers_.dtype == np.float32 and f64.cluster_centers_.dtype == np.float64
+    assert f32.cluster_centers_.shape == f64.cluster_centers_.shape
+    match = match_centers(f64.cluster_centers_, f32.cluster_centers_)
+    # Observed: <= 1.2e-5 bandwidths over 300 random examples (tol is 1e-5).
+    np.testing.assert_allclose(f32.cluster_centers_[match], f64.cluster_centers_, atol=1e-3 * problem.bandwidth)
+    assert adjusted_rand_score(f64.labels_, f32.labels_) == 1.0
+
+
+@PROPERTY
+@given(problem=separated_blobs(kernels=("flat",)))
+def test_float32_agrees_with_float64_flat_kernel(problem, match_centers):
+    # float32 rounding could in principle move a point across a window
+    # boundary (a mode then moves by ~bandwidth / window size); on
+    # well-sampled blobs it does not happen (0 of 400 random examples), and
+    # the modes agree to float32 precision (~1e-5 bandwidths; the bound
+    # leaves room for one such boundary point).
+    f64 = problem.fit()
+    f32 = problem.fit(problem.X.astype(np.float32))
+    assert f32.cluster_centers_.dtype == np.float32
+    assert f32.cluster_centers_.shape == f64.cluster_centers_.shape
+    assert adjusted_rand_score(f64.labels_, f32.labels_) == 1.0
+    match = match_centers(f64.cluster_centers_, f32.cluster_centers_)
+    np.testing.assert_allclose(f32.cluster_centers_[match], f64.cluster_centers_, atol=0.05 * problem.bandwidth)
+
+
+# -------------------------------------------------------------------- blurring
 @PROPERTY
 @given(problem=separated_blobs())
 def test_blurring_recovers_separated_blobs(problem):

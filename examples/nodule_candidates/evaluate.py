@@ -282,7 +282,7 @@ def cpm_score(fps: np.ndarray, sensitivity: np.ndarray) -> float:
     Examples
     --------
     >>> round(cpm_score(np.array([0.0, 8.0]), np.array([0.0, 1.0])), 6)   # (1/8+...+8)/8/7
-    0.276786
+    0.283482
     """
     return float(np.mean(sensitivity_at(fps, sensitivity, CPM_FP_RATES)))
 

@@ -328,11 +328,13 @@ def default_spacing(shape_xyz: Sequence[int], rng: np.random.Generator | None = 
     >>> default_spacing((512, 512, 200)).round(3).tolist()
     [0.664, 0.664, 1.5]
     """
-    inplane = float(np.clip(340.0 / shape_xyz[0], 0.55, 1.6))
-    slices = float(np.clip(300.0 / shape_xyz[2], 0.6, 2.5))
+    # Small test grids get coarse voxels rather than a child-sized chest (in
+    # which the bronchi, drawn at fixed mm offsets, would reach the lungs).
+    inplane = float(np.clip(340.0 / shape_xyz[0], 0.55, 3.5))
+    slices = float(np.clip(300.0 / shape_xyz[2], 0.6, 5.0))
     if rng is not None:
-        inplane = float(np.clip(inplane * rng.uniform(0.93, 1.05), 0.5, 1.7))
-        slices = float(np.clip(slices * rng.uniform(0.9, 1.0), 0.6, 2.5))
+        inplane = float(np.clip(inplane * rng.uniform(0.93, 1.05), 0.5, 3.6))
+        slices = float(np.clip(slices * rng.uniform(0.9, 1.0), 0.6, 5.0))
     return np.array([inplane, inplane, slices])
 
 

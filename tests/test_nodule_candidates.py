@@ -1,0 +1,268 @@
+"""Tests of the lung-nodule candidate example (examples/nodule_candidates).
+
+Small volumes only: the whole file runs in well under a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("SimpleITK")
+pytest.importorskip("scipy")
+
+from examples.nodule_candidates import io as nio  # noqa: E402
+from examples.nodule_candidates.__main__ import main  # noqa: E402
+from examples.nodule_candidates.detect import (  # noqa: E402
+    DetectorConfig,
+    detect_candidates,
+    mean_shift_clusters,
+    working_scan,
+)
+from examples.nodule_candidates.evaluate import CPM_FP_RATES, evaluate, froc_curve, match  # noqa: E402
+from examples.nodule_candidates.lung import segment_lungs  # noqa: E402
+from examples.nodule_candidates.phantom import make_phantom  # noqa: E402
+from examples.nodule_candidates.shape_index import shape_features  # noqa: E402
+
+F = nio.Finding
+
+
+# ----------------------------------------------------------------- shape index
+def _grid_mm(shape_zyx, spacing_xyz):
+    """World-like mm coordinates (x, y, z) of voxel centers, centred on the volume."""
+    axes = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape_zyx, spacing_xyz[::-1])]
+    z, y, x = np.meshgrid(*axes, indexing="ij")
+    return x, y, z
+
+
+def _surface_si(volume, spacing_xyz, sigma, shell):
+    feats = shape_features(volume, spacing_xyz, sigma)
+    si = feats.shape_index.numpy()
+    return si[shell & np.isfinite(si)]
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.7, 0.7, 2.0)])
+def test_shape_index_of_a_bright_ball_is_one(spacing):
+    x, y, z = _grid_mm((25 if spacing[2] > 1 else 41, 41, 41), spacing)
+    r = np.sqrt(x**2 + y**2 + z**2)
+    ball = np.where(r <= 7.0, 40.0, -850.0)
+    si = _surface_si(ball, spacing, 1.5, np.abs(r - 7.0) < 1.5)
+    assert si.size > 100
+    assert np.median(si) > 0.95
+    assert np.mean(si > 0.85) > 0.9
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.7, 0.7, 2.0)])
+def test_shape_index_of_a_tube_is_three_quarters(spacing):
+    # A tube along a diagonal in the x-z plane, so anisotropic slices matter.
+    x, y, z = _grid_mm((31 if spacing[2] > 1 else 51, 41, 41), spacing)
+    axis = np.array([1.0, 0.0, 1.0]) / np.sqrt(2)
+    along = x * axis[0] + z * axis[2]
+    d = np.sqrt(x**2 + y**2 + z**2 - along**2)
+    tube = np.where(d <= 3.0, 40.0, -850.0)
+    # Away from the volume's faces, where the tube is cut.
+    inner = (np.abs(along) < 8.0) & (np.abs(d - 3.0) < 1.0)
+    si = _surface_si(tube, spacing, 1.2, inner)
+    assert si.size > 50
+    assert 0.70 < np.median(si) < 0.80
+    assert np.mean(si > 0.9) < 0.1  # not mistaken for a blob
+
+
+def test_shape_index_of_a_dark_hole_is_zero():
+    x, y, z = _grid_mm((31, 31, 31), (1.0, 1.0, 1.0))
+    r = np.sqrt(x**2 + y**2 + z**2)
+    hole = np.where(r <= 6.0, -850.0, 40.0)
+    si = _surface_si(hole, (1, 1, 1), 1.5, np.abs(r - 6.0) < 1.0)
+    assert np.median(si) < 0.05
+
+
+# ----------------------------------------------------------------- geometry / io
+def test_world_voxel_round_trip_anisotropic_and_rotated():
+    rng = np.random.default_rng(0)
+    origin = np.array([-187.3, -210.9, -330.25])
+    spacing = np.array([0.68, 0.68, 2.5])
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    for direction in (np.eye(3), q):
+        world = rng.uniform(-150, 150, (20, 3))
+        vox = nio.world_to_voxel(world, origin, spacing, direction)
+        np.testing.assert_allclose(nio.voxel_to_world(vox, origin, spacing, direction), world, atol=1e-9)
+        zyx = nio.world_to_index_zyx(world, origin, spacing, direction)
+        np.testing.assert_allclose(zyx, vox[:, ::-1])
+        np.testing.assert_allclose(nio.index_zyx_to_world(zyx, origin, spacing, direction), world, atol=1e-9)
+    # LUNA16's formula for the identity direction, by hand.
+    np.testing.assert_allclose(
+        nio.world_to_voxel([[-187.3 + 0.68 * 10, -210.9 + 0.68 * 20, -330.25 + 2.5 * 3]], origin, spacing),
+        [[10, 20, 3]],
+    )
+
+
+def test_luna_scan_round_trip_and_simpleitk_geometry(tmp_path):
+    import SimpleITK as sitk
+
+    array = np.full((6, 7, 8), -1000, np.int16)
+    array[4, 2, 5] = 300  # z=4, y=2, x=5
+    scan = nio.Scan(array, origin=[-100.5, 20.0, -300.0], spacing=[0.7, 0.8, 2.5], seriesuid="1.2.3")
+    path = nio.write_scan(scan, tmp_path)
+    assert path.name == "1.2.3.mhd" and (tmp_path / "1.2.3.raw").is_file()
+    header = dict(line.split(" = ", 1) for line in path.read_text().splitlines())
+    np.testing.assert_allclose([float(v) for v in header["ElementSpacing"].split()], [0.7, 0.8, 2.5])
+    np.testing.assert_allclose([float(v) for v in header["Offset"].split()], [-100.5, 20, -300])
+    assert header["ElementType"] == "MET_SHORT" and header["DimSize"] == "8 7 6"
+    back = nio.read_scan(path)
+    assert back.seriesuid == "1.2.3" and back.array.dtype == np.int16
+    np.testing.assert_array_equal(back.array, array)
+    np.testing.assert_allclose(back.spacing, [0.7, 0.8, 2.5])
+    # Our world position of array[4, 2, 5] is SimpleITK's physical point of index (5, 2, 4).
+    world = nio.index_zyx_to_world([4, 2, 5], back.origin, back.spacing, back.direction)
+    image = sitk.ReadImage(str(path))
+    np.testing.assert_allclose(world, image.TransformIndexToPhysicalPoint((5, 2, 4)))
+    k, j, i = np.rint(nio.world_to_index_zyx(world, back.origin, back.spacing)).astype(int)
+    assert back.array[k, j, i] == 300
+
+
+def test_annotations_and_candidates_round_trip(tmp_path):
+    rows = [F("s1", -20.25, 31.5, -110.0, 8.5, {"type": "solid"}), F("s2", 1, 2, 3, 4.0, {"type": "ground-glass"})]
+    path = nio.write_annotations(tmp_path / "annotations.csv", rows, extra=("type",))
+    assert path.read_text().splitlines()[0] == "seriesuid,coordX,coordY,coordZ,diameter_mm,type"
+    back = nio.read_annotations(path)
+    assert [(r.seriesuid, r.x, r.y, r.z, r.value, r.extra["type"]) for r in back] == [
+        ("s1", -20.25, 31.5, -110.0, 8.5, "solid"),
+        ("s2", 1.0, 2.0, 3.0, 4.0, "ground-glass"),
+    ]
+    cands = nio.write_candidates(tmp_path / "c.csv", [F("s1", 0.5, 0, 0, 0.125)])
+    assert cands.read_text().splitlines()[0] == "seriesuid,coordX,coordY,coordZ,probability"
+    assert nio.read_candidates(cands)[0].value == 0.125
+    (tmp_path / "bad.csv").write_text("seriesuid,coordX\ns,1\n")
+    with pytest.raises(ValueError, match="lacks the column"):
+        nio.read_annotations(tmp_path / "bad.csv")
+
+
+def test_working_scan_keeps_world_positions():
+    array = np.full((3, 12, 12), -1000.0, np.float32)
+    array[1, 4:6, 6:8] = 1000.0  # exactly one 2x2 in-plane block
+    scan = nio.Scan(array, origin=[10.0, -5.0, 7.0], spacing=[0.6, 0.6, 2.0], seriesuid="w")
+    work = working_scan(scan, 1.25)
+    assert work.array.shape == (3, 6, 6)
+    k, j, i = np.unravel_index(np.argmax(work.array), work.array.shape)
+    assert work.array[k, j, i] == 1000.0
+    fine = scan.voxel_to_world([[6.5, 4.5, 1.0]])  # center of the bright block
+    np.testing.assert_allclose(work.voxel_to_world([[i, j, k]]), fine)
+
+
+# ----------------------------------------------------------------- scoring
+def _hand_case():
+    nodules = [
+        F("a", 0, 0, 0, 10.0, {"type": "solid"}),
+        F("b", 0, 0, 0, 6.0, {"type": "ground-glass"}),
+        F("a", 100, 0, 0, 8.0, {"type": "solid"}),  # never hit
+    ]
+    excluded = [F("b", 50, 0, 0, 4.0)]
+    candidates = [
+        F("a", 1, 0, 0, 0.9),  # hits nodule 0
+        F("a", 0, 4, 0, 0.6),  # hits nodule 0 again: ignored
+        F("a", 30, 0, 0, 0.8),  # FP
+        F("b", 0, 2.9, 0, 0.7),  # 2.9 < 3: hits nodule 1
+        F("b", 0, 3.0, 0, 0.95),  # exactly on the radius: not a hit, FP
+        F("b", 50, 1, 0, 0.99),  # hits an excluded finding: ignored
+        F("b", 200, 0, 0, 0.5),  # FP
+    ]
+    return nodules, excluded, candidates
+
+
+def test_hit_rule_by_hand():
+    nodules, excluded, candidates = _hand_case()
+    m = match(candidates, nodules, excluded)
+    np.testing.assert_allclose(m.nodule_score, [0.9, 0.7, np.nan])
+    assert sorted(m.fp_scores.tolist()) == [0.5, 0.8, 0.95]
+    assert m.n_ignored == 2
+
+
+def test_froc_and_cpm_by_hand():
+    nodules, excluded, candidates = _hand_case()
+    ev = evaluate(candidates, nodules, ["a", "b"], excluded=excluded)
+    # Ranked (ignored ones out): 0.95 FP, 0.9 TP, 0.8 FP, 0.7 TP, 0.5 FP; 3 nodules, 2 scans.
+    np.testing.assert_allclose(ev.froc_fps, [0, 0.5, 0.5, 1.0, 1.0, 1.5])
+    np.testing.assert_allclose(ev.froc_sensitivity, [0, 0, 1 / 3, 1 / 3, 2 / 3, 2 / 3])
+    # Best sensitivity per FP rate: (0, 0), (0.5, 1/3), (1, 2/3), (1.5, 2/3); linear in between.
+    expected = {0.125: 1 / 12, 0.25: 1 / 6, 0.5: 1 / 3, 1.0: 2 / 3, 2.0: 2 / 3, 4.0: 2 / 3, 8.0: 2 / 3}
+    assert list(ev.cpm_points) == list(CPM_FP_RATES)
+    np.testing.assert_allclose(list(ev.cpm_points.values()), list(expected.values()))
+    np.testing.assert_allclose(ev.cpm, 39 / 84)
+    assert ev.sensitivity == pytest.approx(2 / 3)
+    assert ev.fps_per_scan == 1.5 and ev.candidates_per_scan == 3.5
+    assert ev.per_type == {"ground-glass": (1, 1), "solid": (1, 2)}
+    # Nodules under 7 mm leave the truth; hitting them is then no error.
+    ev7 = evaluate(candidates, nodules, ["a", "b"], excluded=excluded, min_diameter_mm=7.0)
+    assert ev7.n_nodules == 2 and ev7.sensitivity == 0.5 and ev7.fps_per_scan == 1.5
+
+
+def test_froc_counts_scans_without_nodules():
+    fps, sens, _ = froc_curve(np.array([0.5]), np.array([0.9, 0.8]), n_scans=4)
+    np.testing.assert_allclose(fps, [0, 0.25, 0.5, 0.5])
+    np.testing.assert_allclose(sens, [0, 0, 0, 1])
+
+
+# ----------------------------------------------------------------- pipeline
+def test_tiled_mean_shift_matches_one_fit():
+    rng = np.random.default_rng(1)
+    centers = np.array([[0, 0, 0], [30, 5, 0], [60, 60, 10], [62, 60, 10]], float)
+    parts = []
+    for c, si in zip(centers, (0.95, 0.95, 0.95, 0.75)):
+        parts.append(np.column_stack([rng.normal(c, 1.2, (150, 3)), rng.normal(-200, 30, 150), rng.normal(si, 0.02, 150)]))
+    X = np.vstack(parts).astype(np.float32)
+    one_c, one_l = mean_shift_clusters(X, DetectorConfig(device="cpu", tile_mm=None, min_bin_freq=1))
+    tiled_c, tiled_l = mean_shift_clusters(X, DetectorConfig(device="cpu", tile_mm=20.0, min_bin_freq=1))
+    assert len(one_c) == len(tiled_c) == 4  # the round and the tube-like blob at the same place stay apart
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(one_l, tiled_l) > 0.99
+    d = np.linalg.norm(one_c[:, None, :3] - tiled_c[None, :, :3], axis=2)
+    assert d.min(1).max() < 1.0
+
+
+def test_phantom_nodules_are_where_the_annotations_say(tmp_path):
+    ph = make_phantom(
+        (192, 192, 48), spacing_xyz=(1.7, 1.7, 2.8), seed=4, n_nodules=3, diameter_range=(10, 14),
+        type_weights=(1, 0, 0), noise_hu=20,
+    )  # fmt: skip
+    assert len(ph.nodules) == 3
+    for n in ph.nodules:
+        k, j, i = np.rint(ph.scan.world_to_voxel(n.world)[::-1]).astype(int)
+        assert ph.scan.array[k, j, i] > -300  # solid: 0 to +80 HU plus noise
+    lungs = segment_lungs(ph.scan.array, ph.scan.spacing)
+    assert 0.05 < lungs.mean() < 0.5
+    for n in ph.nodules:  # juxtapleural ones too
+        k, j, i = np.rint(ph.scan.world_to_voxel(n.world)[::-1]).astype(int)
+        assert lungs[k, j, i]
+
+
+def test_end_to_end_tiny_phantom_finds_its_nodules(tmp_path):
+    ph = make_phantom(
+        (192, 192, 48), spacing_xyz=(1.7, 1.7, 2.8), seed=7, n_nodules=3, diameter_range=(9, 14), type_weights=(1, 0, 0),
+        attachment_weights=(1, 0, 0), noise_hu=25, n_distractors=1,
+    )  # fmt: skip
+    path = nio.write_scan(ph.scan, tmp_path)
+    det = detect_candidates(nio.read_scan(path), DetectorConfig(device="cpu"))
+    assert 0 < len(det.candidates) <= 100
+    assert set(det.timings) >= {"lungs", "shape_index", "mean_shift"}
+    truth = [F(ph.scan.seriesuid, *n.world, n.diameter_mm) for n in ph.nodules]
+    ev = evaluate(det.candidates, truth)
+    assert ev.sensitivity == 1.0
+    # The nodules are among the best-scored candidates, not just somewhere in the list.
+    ranks = []
+    for n in truth:
+        d = np.array([np.linalg.norm(c.world - n.world) for c in det.candidates])
+        ranks.append(int(np.nonzero(d < n.value / 2)[0][0]))
+    assert max(ranks) < 10
+
+
+def test_cli_evaluate_and_plot(tmp_path, capsys):
+    nodules, excluded, candidates = _hand_case()
+    ann = nio.write_annotations(tmp_path / "ann.csv", nodules, extra=("type",))
+    exc = nio.write_annotations(tmp_path / "exc.csv", excluded)
+    cands = nio.write_candidates(tmp_path / "c.csv", candidates)
+    plot = tmp_path / "froc.png"
+    assert main(["evaluate", str(cands), str(ann), "--excluded", str(exc), "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "CPM 0.464" in out and "ground-glass 1/1" in out
+    assert plot.stat().st_size > 1000

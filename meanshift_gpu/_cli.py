@@ -58,8 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     cluster = sub.add_parser("cluster", help="cluster the rows of a .npy or .csv file")
     cluster.add_argument("data", type=Path, help=".npy (2-D array) or .csv (numeric, optional header)")
     cluster.add_argument("--out", type=Path, default=None,
-                         help="output prefix: writes PREFIX_labels.csv, PREFIX_centers.csv, PREFIX_summary.json "
-                              "(default: next to the input)")
+                         help="labels.npy (writes labels.npy, labels_centers.npy, labels_summary.json) or a "
+                              "prefix (writes PREFIX_labels.csv, PREFIX_centers.csv, PREFIX_summary.json); "
+                              "default: a prefix next to the input")
     common(cluster)
     return parser
 
@@ -152,25 +153,49 @@ def _cluster(args) -> int:
     start = time.perf_counter()
     est.fit(X)
     seconds = time.perf_counter() - start
-    prefix = args.out if args.out is not None else args.data.with_suffix("")
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    labels_path = Path(f"{prefix}_labels.csv")
-    centers_path = Path(f"{prefix}_centers.csv")
-    summary_path = Path(f"{prefix}_summary.json")
-    np.savetxt(labels_path, est.labels_, fmt="%d", header="label", comments="")
-    header = ",".join(f"x{j}" for j in range(X.shape[1]))
-    np.savetxt(centers_path, est.cluster_centers_, delimiter=",", header=header, comments="")
+    out = args.out if args.out is not None else args.data.with_suffix("")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npy":  # --out labels.npy: numpy files
+        labels_path = out
+        centers_path = out.with_name(f"{out.stem}_centers.npy")
+        summary_path = out.with_name(f"{out.stem}_summary.json")
+        np.save(labels_path, est.labels_)
+        np.save(centers_path, est.cluster_centers_)
+    else:  # a prefix: CSV files
+        labels_path = Path(f"{out}_labels.csv")
+        centers_path = Path(f"{out}_centers.csv")
+        summary_path = Path(f"{out}_summary.json")
+        np.savetxt(labels_path, est.labels_, fmt="%d", header="label", comments="")
+        header = ",".join(f"x{j}" for j in range(X.shape[1]))
+        np.savetxt(centers_path, est.cluster_centers_, delimiter=",", header=header, comments="")
     bandwidth = est.bandwidth_
+    from ._validation import resolve_device
+
+    device = str(resolve_device(args.device, X))
     summary = {
         "n_samples": int(X.shape[0]), "n_features": int(X.shape[1]),
         "n_clusters": int(len(est.cluster_centers_)),
         "bandwidth": bandwidth.tolist() if isinstance(bandwidth, np.ndarray) else float(bandwidth),
         "kernel": args.kernel, "neighbors": est.neighbors_, "n_iter": int(est.n_iter_),
-        "cluster_sizes": est.cluster_sizes_.tolist(), "seconds": seconds,
+        "device": device, "cluster_sizes": est.cluster_sizes_.tolist(), "seconds": seconds,
     }
     summary_path.write_text(json.dumps(summary, indent=2))
-    print(f"{X.shape[0]} points, {X.shape[1]} features -> {summary['n_clusters']} clusters in {seconds:.3f} s "
-          f"(neighbors={est.neighbors_})")
+    shown_bandwidth = np.array2string(np.asarray(bandwidth), precision=4) if np.ndim(bandwidth) else f"{bandwidth:.6g}"
+    sizes = est.cluster_sizes_
+    shown_sizes = ", ".join(str(int(v)) for v in sizes[:8]) + (", ..." if len(sizes) > 8 else "")
+    rows = [
+        ("points", f"{X.shape[0]} x {X.shape[1]}"),
+        ("clusters", str(summary["n_clusters"])),
+        ("sizes (densest first)", shown_sizes),
+        ("bandwidth", shown_bandwidth),
+        ("kernel / neighbors", f"{args.kernel} / {est.neighbors_}"),
+        ("iterations", str(summary["n_iter"])),
+        ("device", device),
+        ("time", f"{seconds:.3f} s"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
     print(f"wrote {labels_path}, {centers_path}, {summary_path}")
     return 0
 

@@ -123,6 +123,10 @@ def grid_mean_shift_step(
     row_stride = int(index.strides[-2]) if n_features > 1 else None
     rows = keys // row_stride if row_stride is not None else torch.zeros_like(keys)
     _, row_counts = torch.unique_consecutive(rows, return_counts=True)
+    # Rows are padded to whole blocks: with few seeds per row (sparse seeds,
+    # e.g. bin seeding in 5-D) big blocks would be mostly padding.
+    per_row = keys.numel() / row_counts.numel()
+    seed_block = max(1, min(seed_block, 1 << int(math.log2(max(1.0, per_row)))))
     padded_counts = (row_counts + seed_block - 1) // seed_block * seed_block
     row_start = torch.cumsum(row_counts, 0) - row_counts
     padded_start = torch.cumsum(padded_counts, 0) - padded_counts

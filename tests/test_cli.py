@@ -1,0 +1,64 @@
+"""The ``meanshift-gpu`` console command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_blobs
+
+from meanshift_gpu import MeanShift
+from meanshift_gpu._cli import main
+
+
+@pytest.fixture
+def blobs_file(tmp_path):
+    X, _ = make_blobs(300, centers=3, random_state=0)
+    path = tmp_path / "points.npy"
+    np.save(path, X)
+    return X, path
+
+
+def test_cluster_npy_writes_labels_centers_and_summary(blobs_file, tmp_path, capsys):
+    X, path = blobs_file
+    out = tmp_path / "out" / "labels.npy"
+    assert main(["cluster", str(path), "--bandwidth", "2.0", "--out", str(out)]) == 0
+    expected = MeanShift(bandwidth=2.0).fit(X)
+    np.testing.assert_array_equal(np.load(out), expected.labels_)
+    np.testing.assert_allclose(np.load(out.with_name("labels_centers.npy")), expected.cluster_centers_)
+    summary = json.loads(out.with_name("labels_summary.json").read_text())
+    assert summary["n_clusters"] == len(expected.cluster_centers_)
+    assert summary["cluster_sizes"] == expected.cluster_sizes_.tolist()
+    printed = capsys.readouterr().out
+    assert "clusters" in printed and "bandwidth" in printed and "device" in printed
+
+
+def test_cluster_csv_with_header_and_per_feature_bandwidth(tmp_path):
+    X, _ = make_blobs(200, centers=2, random_state=1)
+    path = tmp_path / "points.csv"
+    np.savetxt(path, X, delimiter=",", header="a,b", comments="")
+    assert main(["cluster", str(path), "--bandwidth", "2.0,3.0", "--kernel", "gaussian"]) == 0
+    labels = np.loadtxt(tmp_path / "points_labels.csv", skiprows=1)
+    expected = MeanShift(bandwidth=[2.0, 3.0], kernel="gaussian").fit(X)
+    np.testing.assert_array_equal(labels, expected.labels_)
+
+
+def test_cluster_reports_bad_input(tmp_path, capsys):
+    path = tmp_path / "bad.npy"
+    np.save(path, np.array([[0.0, np.nan], [1.0, 2.0]]))
+    assert main(["cluster", str(path), "--bandwidth", "1"]) == 2
+    assert "NaN" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["cluster", str(tmp_path / "missing.npy")])
+    with pytest.raises(SystemExit):
+        main(["cluster", str(path), "--bandwidth", "wide"])
+
+
+def test_demo_prints_table_and_saves_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "demo.png"
+    assert main(["demo", "--n-samples", "600", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "meanshift_gpu" in printed and "scikit-learn" in printed and "speed-up" in printed
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

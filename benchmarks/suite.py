@@ -240,7 +240,7 @@ def run_suite(
     dev = torch.device(device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    spec = build_suite(suite, device)
+    spec = build_suite(suite, device, only)
     cases = _select_cases(spec, only)
     chosen = all_methods()
     if methods:

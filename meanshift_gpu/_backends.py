@@ -49,6 +49,9 @@ class Backend:
     auto_priority: int  # lower runs first under backend="auto"
     # Stricter check for backend="auto" (e.g. never pick an interpreter); None = same.
     auto_unavailable: Callable[[torch.device], str | None] | None = None
+    # Block-sparse step for neighbour pruning, with the contract of
+    # meanshift_gpu._sparse.blocked_step; None = the torch version.
+    blocked_step: Callable | None = None
 
 
 _REGISTRY: dict[str, Backend] = {}
@@ -151,6 +154,21 @@ def _triton_kth(queries, data, k, blocks: Blocks):
     return _triton_module().kth_neighbor_distance(queries, data, k)
 
 
+def _triton_blocked(seeds, data, weights, block_starts, block_indices, *, kernel, seed_block, truncate=None):
+    if truncate is not None and kernel == "gaussian":
+        # The fused kernel has no truncation radius: the torch step keeps the
+        # Gaussian's result independent of how seeds were blocked.
+        from ._sparse import blocked_step
+
+        return blocked_step(
+            seeds, data, weights, block_starts, block_indices,
+            kernel=kernel, seed_block=seed_block, truncate=truncate,
+        )
+    return _triton_module().blocked_step(
+        seeds, data, weights, block_starts, block_indices, kernel=kernel, seed_block=seed_block
+    )
+
+
 def _triton_auto_ok(device: torch.device) -> str | None:
     # "auto" takes Triton only on a real GPU: the interpreter is for testing.
     if device.type != "cuda":
@@ -173,5 +191,6 @@ register_backend(
         unavailable=_triton_unavailable,
         auto_priority=10,
         auto_unavailable=_triton_auto_ok,
+        blocked_step=_triton_blocked,
     )
 )

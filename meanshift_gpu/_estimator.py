@@ -448,7 +448,7 @@ def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
             def make_step(points):
                 return build_pruner(
                     method, points, weights, kernel=est.kernel, options=options,
-                    dense_step=config.backend.step,
+                    dense_step=config.backend.step, blocked_step=config.backend.blocked_step,
                 ).step
         ascent = _engine.blur(scaled, weights, config, make_step)
         modes_at = ascent.positions
@@ -476,7 +476,8 @@ def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
         )
         pruner = build_pruner(
             method, scaled, weights, kernel=est.kernel, options=options,
-            dense_step=config.backend.step, grid=grid[0] if grid else None,
+            dense_step=config.backend.step, blocked_step=config.backend.blocked_step,
+            grid=grid[0] if grid else None,
         )
         config.log(f"neighbour method: {method}")
         ascent = _engine.ascend_seeds(seeds_scaled, scaled, weights, config, pruner.step)

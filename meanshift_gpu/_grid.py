@@ -93,21 +93,46 @@ def grid_mean_shift_step(
     kernel: str = "flat",
     seed_block: int = 64,
     max_indices: int = 1 << 24,
+    blocked_step=None,
 ) -> StepResult:
     """One mean-shift step that reads only the cells around each seed.
 
-    Seeds are sorted by cell and packed into blocks of ``seed_block`` that
-    never straddle two rows of cells (a row: cells that differ only in the
-    last coordinate; each row is padded to whole blocks with copies of its
-    last seed, whose results are discarded).  A block whose seeds lie in cells
-    ``kmin..kmax`` of one row reads the ``3**(d-1)`` contiguous runs of cells
+    Seeds are sorted by cell and packed into blocks that never straddle two
+    rows of cells (a row: cells that differ only in the last coordinate; each
+    row is padded to whole blocks with copies of its last seed, whose results
+    are discarded).  A block whose seeds lie in cells ``kmin..kmax`` of one
+    row reads the ``3**(d-1)`` contiguous runs of cells
     ``kmin - 1 + o .. kmax + 1 + o``: a superset of every seed's neighbour
-    cells, so the result is the same as :func:`grid_mean_shift_step` (and exact
-    for the flat and Epanechnikov kernels).  The candidate lists go to
-    :func:`meanshift_gpu._sparse.blocked_step` in chunks of at most
-    ``max_indices`` indices.
+    cells.  Every point within the cell side of a seed is read, so the step is
+    exact for the flat and Epanechnikov kernels (cell side = their reach), and
+    the Gaussian is truncated at exactly the cell side whatever the blocks.
+    The candidate lists go to a block-sparse step (no Python loop per block)
+    in chunks of at most ``max_indices`` indices.
+
+    Parameters
+    ----------
+    seeds : Tensor of shape (n_seeds, n_features)
+        Scaled seed positions.
+    index : GridIndex
+        The data, bucketed by cell.
+    kernel : {"flat", "gaussian", "epanechnikov"}
+        Kernel profile.
+    seed_block : int
+        Largest number of seeds per block (smaller when rows of cells hold
+        few seeds); results do not depend on it beyond rounding.
+    max_indices : int
+        Candidate indices materialised at once.
+    blocked_step : callable, optional
+        The block-sparse step to use (a backend's fused kernel); default
+        :func:`meanshift_gpu._sparse.blocked_step`.
+
+    Returns
+    -------
+    StepResult
+        Same contract as :func:`meanshift_gpu._reference.mean_shift_step`.
     """
-    from ._sparse import blocked_step
+    if blocked_step is None:
+        from ._sparse import blocked_step
 
     n_seeds, n_features = seeds.shape
     device = seeds.device

@@ -348,11 +348,13 @@ def build_pruner(
     options: dict,
     dense_step: Callable,
     grid: GridIndex | None = None,
+    blocked_step: Callable | None = None,
 ) -> Pruner:
     """Bind a resolved neighbour method to the scaled data.
 
     ``dense_step(seeds, data, weights, kernel, blocks)`` is the backend's
-    exact step, used by ``"dense"``.
+    exact step, used by ``"dense"``; ``blocked_step`` is the backend's
+    block-sparse step, used by ``"grid"`` (None: the torch one).
     """
     reach = kernel_reach(kernel, options)
     if method == "dense":
@@ -366,7 +368,7 @@ def build_pruner(
         index = grid if grid is not None else GridIndex(data, reach, weights)
 
         def grid_step(seeds, k, blocks):
-            return grid_mean_shift_step(seeds, index, kernel=k)
+            return grid_mean_shift_step(seeds, index, kernel=k, blocked_step=blocked_step)
 
         return Pruner("grid", grid_step, None)
     if method in ("lsh", "faiss"):

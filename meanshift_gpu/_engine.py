@@ -43,7 +43,9 @@ def auto_blocks(device: torch.device, batch_size: int | str, dtype: torch.dtype)
 
 def _is_out_of_memory(exc: BaseException) -> bool:
     oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
-    return isinstance(exc, oom) or "out of memory" in str(exc).lower()
+    message = str(exc).lower()
+    # CUDA says "out of memory"; torch's CPU allocator "can't allocate memory".
+    return isinstance(exc, (oom, MemoryError)) or "out of memory" in message or "can't allocate memory" in message
 
 
 def call_shrinking_on_oom(fn: Callable, config: "EngineConfig", *args):

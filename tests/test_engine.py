@@ -150,7 +150,19 @@ def _step(seeds, data, blocks):
     return mean_shift_step(seeds, data, None, kernel="gaussian", seed_block=blocks.seeds, point_block=blocks.points)
 
 
-@pytest.mark.parametrize("error", [OOM, RuntimeError], ids=["OutOfMemoryError", "RuntimeError-message"])
+def _cpu_allocator_error(_message):
+    # What torch's CPU allocator raises when a tile does not fit in host memory.
+    return RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+        "you tried to allocate 8589934592 bytes."
+    )
+
+
+@pytest.mark.parametrize(
+    "error",
+    [OOM, RuntimeError, _cpu_allocator_error],
+    ids=["OutOfMemoryError", "RuntimeError-message", "cpu-allocator"],
+)
 def test_call_shrinking_on_oom_retries_with_smaller_tiles(error):
     rng = np.random.default_rng(0)
     data = _t(rng.normal(size=(1000, 3)))

@@ -22,7 +22,7 @@ from ._bandwidth import estimate_bandwidth, feature_bandwidths
 from ._bandwidth_rules import RULE_NAMES, resolve_rule, unknown_rule_message
 from ._neighbors import NEIGHBOR_METHODS, build_pruner, check_neighbor_options, choose_method, kernel_reach
 from ._grid import GridIndex
-from ._reference import EXACT_DIFFERENCE_MAX_FEATURES, KERNELS
+from ._reference import KERNELS
 from ._seeding import bin_seeds
 from ._validation import (
     as_tensor,
@@ -443,13 +443,14 @@ def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
     reach = kernel_reach(est.kernel, options)
     if est.algorithm == "blurring":
         method = _resolve_neighbors(est, n_samples, n_samples, n_features, device, point_bandwidths)
-        make_step = None
-        if method != "dense":
-            def make_step(points):
-                return build_pruner(
-                    method, points, weights, kernel=est.kernel, options=options,
-                    dense_step=config.backend.step, blocked_step=config.backend.blocked_step,
-                ).step
+        def rebuild_pruner(points):
+            # The data move every iteration, so the index is rebuilt on them.
+            return build_pruner(
+                method, points, weights, kernel=est.kernel, options=options,
+                dense_step=config.backend.step, blocked_step=config.backend.blocked_step,
+            ).step
+
+        make_step = None if method == "dense" else rebuild_pruner
         ascent = _engine.blur(scaled, weights, config, make_step)
         modes_at = ascent.positions
         if weights is not None:

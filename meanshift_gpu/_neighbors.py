@@ -51,6 +51,7 @@ import torch
 from ._backends import Blocks
 from ._grid import GridIndex, grid_mean_shift_step
 from ._reference import StepResult
+from ._sparse import blocked_step
 
 NEIGHBOR_METHODS = ("auto", "dense", "grid", "lsh", "faiss")
 
@@ -152,46 +153,8 @@ def choose_method(
 
 
 # ------------------------------------------------------------------ candidate step
-def pairs_step(
-    seeds: torch.Tensor,
-    data: torch.Tensor,
-    weights: torch.Tensor | None,
-    seed_ptr: torch.Tensor,
-    point_index: torch.Tensor,
-    *,
-    kernel: str,
-    reach: float,
-) -> StepResult:
-    """Mean-shift step over explicit (seed, point) candidate pairs.
-
-    ``point_index[seed_ptr[i]:seed_ptr[i + 1]]`` are the candidates of seed
-    ``i`` (no duplicates).  Candidates farther than ``reach`` are ignored, so
-    the result equals the dense step restricted to the candidates, with the
-    Gaussian truncated at ``reach``.
-    """
-    n_seeds = seeds.shape[0]
-    counts = seed_ptr[1:] - seed_ptr[:-1]
-    owner = torch.repeat_interleave(torch.arange(n_seeds, device=seeds.device), counts)
-    points = data[point_index]
-    d2 = (points - seeds[owner]).square_().sum(1)
-    if kernel == "flat":
-        w = (d2 <= 1.0).to(seeds.dtype)
-    elif kernel == "epanechnikov":
-        w = (1.0 - d2).clamp_min_(0.0)
-    else:  # gaussian, truncated; exp(-reach**2 / 2) cannot underflow for sane reach
-        w = torch.where(d2 <= reach * reach, torch.exp(-0.5 * d2), torch.zeros_like(d2))
-    if weights is not None:
-        w = w * weights[point_index]
-    mass = torch.zeros(n_seeds, dtype=seeds.dtype, device=seeds.device).index_add_(0, owner, w)
-    total = torch.zeros_like(seeds).index_add_(0, owner, points * w[:, None])
-    empty = mass <= 0
-    positions = torch.where(empty[:, None], seeds, total / mass.clamp_min(torch.finfo(mass.dtype).tiny)[:, None])
-    log_density = torch.where(empty, torch.full_like(mass, -math.inf), mass.clamp_min(1e-300).log())
-    return StepResult(positions, log_density)
-
-
 def _chunked_pairs_step(seeds, data, weights, index, *, kernel, reach, max_pairs):
-    """Run ``index.candidates`` + :func:`pairs_step` over seed chunks.
+    """Run ``index.candidates`` + the block-sparse step over seed chunks.
 
     Chunks are cut so that each holds about ``max_pairs`` candidate pairs:
     from the index's cheap per-seed upper bound (``index.count``) when it has
@@ -217,7 +180,11 @@ def _chunked_pairs_step(seeds, data, weights, index, *, kernel, reach, max_pairs
             s1 = min(n_seeds, s0 + max(1, int(max_pairs // per_seed)))
         part = seeds[s0:s1]
         seed_ptr, point_index = index.candidates(part)
-        step = pairs_step(part, data, weights, seed_ptr, point_index, kernel=kernel, reach=reach)
+        # Per-seed candidate lists are blocks of one seed.
+        step = blocked_step(
+            part, data, weights, seed_ptr - seed_ptr[0], point_index, kernel=kernel, seed_block=1,
+            truncate=reach if kernel == "gaussian" else None,
+        )
         positions.append(step.positions)
         log_density.append(step.log_density)
         per_seed = max(1.0, point_index.numel() / part.shape[0])

@@ -150,20 +150,6 @@ def test_lsh_recall_rises_with_tables():
     assert few < many
 
 
-def test_pairs_step_equals_dense_on_full_candidate_lists():
-    gen = torch.Generator().manual_seed(0)
-    data = torch.randn(300, 4, generator=gen, dtype=torch.float64)
-    seeds = data[:40] * 0.9
-    w = torch.rand(300, generator=gen, dtype=torch.float64)
-    seed_ptr = torch.arange(0, 41 * 300, 300)
-    point_index = torch.arange(300).repeat(40)
-    for kernel in ("flat", "epanechnikov"):
-        got = _neighbors.pairs_step(seeds, data, w, seed_ptr, point_index, kernel=kernel, reach=1.0)
-        want = mean_shift_step(seeds, data, w, kernel=kernel)
-        torch.testing.assert_close(got.positions, want.positions)
-        torch.testing.assert_close(got.log_density, want.log_density)
-
-
 def test_candidate_chunking_does_not_change_results():
     (X, _), bandwidth = APPROX_CASES["5d"]
     X = X[:250]

@@ -65,10 +65,6 @@ from ._neighbors import build_pruner, check_neighbor_options, choose_method, ker
 from ._grid import GridIndex
 from ._validation import resolve_device
 
-# Below this many moving seeds, looking for exact duplicates costs more than it saves
-# (the same threshold as the single-machine engine).
-_DEDUP_MIN_SEEDS = 2048
-
 
 @dataclass(frozen=True)
 class Plan:
@@ -283,12 +279,11 @@ def ascend_owned(
 ):
     """Move seeds uphill while they stay in partition ``p``'s slab.
 
-    The loop of :func:`meanshift_gpu._engine.ascend_seeds` (same stopping
-    rule: shift ``<= tol``, ``max_iter`` completed iterations, or an empty
-    window; exact-duplicate seeds stepped once), with two additions: seeds
-    start from a given iteration count (they may have iterated elsewhere), and
-    a seed that is still moving after a step that carried it out of the slab
-    stops here and is returned in ``leaving`` (to be stepped by its new owner).
+    Runs :func:`meanshift_gpu._engine.ascend_seeds` (same stopping rule,
+    same exact deduplication) with the seeds' iteration counts so far (they
+    may have iterated elsewhere) and a ``leaves`` test: a seed that is still
+    moving after a step that carried it out of the slab stops here and is
+    returned in ``leaving`` (to be stepped by its new owner).
 
     Returns
     -------
@@ -300,40 +295,22 @@ def ascend_owned(
     n_steps : int
         Seed-steps computed (for throughput).
     """
-    positions = positions.clone()
-    n_iter = n_iter.clone()
+    def leaves(points):
+        return owner_of(points[:, axis], bounds) != p
+
     n = positions.shape[0]
+    leaving = leaves(positions)
+    owned = torch.nonzero(~leaving).flatten()
+    ascent = _engine.ascend_seeds(
+        positions[owned], None, None, config, step, n_iter=n_iter[owned], leaves=leaves
+    )
+    positions, n_iter = positions.clone(), n_iter.clone()
     log_density = torch.full((n,), -math.inf, dtype=positions.dtype, device=positions.device)
-    leaving = owner_of(positions[:, axis], bounds) != p
-    active = torch.nonzero(~leaving).flatten()
-    n_steps = 0
-    while active.numel():
-        old = positions[active]
-        distinct, inverse = old, None
-        if active.numel() >= _DEDUP_MIN_SEEDS:
-            # Seeds at bit-identical positions *with the same iteration count*
-            # follow identical paths (the count matters for max_iter).
-            keyed = torch.cat([old, n_iter[active, None].to(old.dtype)], 1)
-            unique, inv = torch.unique(keyed, dim=0, return_inverse=True)
-            if unique.shape[0] <= 0.9 * old.shape[0]:
-                distinct, inverse = unique[:, :-1].contiguous(), inv
-        result, config = _engine.call_shrinking_on_oom(step, config, distinct, config.kernel)
-        n_steps += distinct.shape[0]
-        new_positions, new_log_density = result.positions, result.log_density
-        if inverse is not None:
-            new_positions, new_log_density = new_positions[inverse], new_log_density[inverse]
-        empty = torch.isneginf(new_log_density)
-        shift = torch.linalg.vector_norm(new_positions - old, dim=1)
-        done = (shift <= config.tol) | (n_iter[active] >= config.max_iter) | empty
-        moved = active[~empty]
-        positions[moved] = new_positions[~empty]
-        log_density[active] = new_log_density
-        n_iter[active[~done]] += 1
-        active = active[~done]
-        out = owner_of(positions[active, axis], bounds) != p
-        leaving[active[out]] = True
-        active = active[~out]
-    return positions, log_density, n_iter, leaving, n_steps
+    positions[owned] = ascent.positions
+    n_iter[owned] = ascent.n_iter
+    log_density[owned] = ascent.log_density
+    leaving[owned] = ascent.left
+    return positions, log_density, n_iter, leaving, ascent.n_stepped
 
 
 def ascend_partition(part: dict, batches: list, plan: Plan) -> dict:
@@ -382,7 +359,8 @@ def ascend_partition(part: dict, batches: list, plan: Plan) -> dict:
         )
         pruner = build_pruner(
             method, data, weights, kernel=plan.kernel, options=options,
-            dense_step=config.backend.step, grid=grid[0] if grid else None,
+            dense_step=config.backend.step, blocked_step=config.backend.blocked_step,
+            grid=grid[0] if grid else None,
         )
         positions, log_density, n_iter, leaving, n_steps = ascend_owned(
             positions, n_iter, pruner.step, config, plan.axis, plan.bounds, part["p"]

@@ -90,11 +90,17 @@ class EngineConfig:
 
 
 class Ascent(NamedTuple):
-    """Where the seeds ended: positions, log density there, iterations per seed."""
+    """Where the seeds ended: positions, log density there, iterations per seed.
+
+    ``left`` marks seeds stopped by ``ascend_seeds(..., leaves=)`` (None when
+    no such test was given); ``n_stepped`` counts the seed-steps computed.
+    """
 
     positions: torch.Tensor
     log_density: torch.Tensor
     n_iter: torch.Tensor
+    left: torch.Tensor | None = None
+    n_stepped: int = 0
 
 
 def _progress(total: int, verbose: bool, desc: str):
@@ -117,6 +123,9 @@ def ascend_seeds(
     weights: torch.Tensor | None,
     config: EngineConfig,
     step: Callable | None = None,
+    *,
+    n_iter: torch.Tensor | None = None,
+    leaves: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Ascent:
     """Move every seed uphill until it converges, its window empties, or max_iter.
 
@@ -127,11 +136,14 @@ def ascend_seeds(
 
     Seeds that reach bit-identical positions (common: with the flat kernel
     every seed whose window holds the same points lands on the same mean)
-    follow identical paths from then on, so each distinct position is stepped
-    once.  This is exact: all moving seeds have the same iteration count.
+    follow identical paths from then on, so each distinct (position,
+    iteration count) is stepped once.  This is exact.
 
     ``step(seeds, kernel, blocks)`` replaces the dense backend step (neighbour
-    pruning, see :mod:`meanshift_gpu._neighbors`).
+    pruning, see :mod:`meanshift_gpu._neighbors`).  ``n_iter`` gives the seeds'
+    starting iteration counts (seeds that iterated elsewhere, as in the Dask
+    engine); ``leaves(positions)`` marks still-moving seeds that must stop
+    after a step (they left this worker's region) -- see ``Ascent.left``.
     """
     if step is None:
         backend_step = config.backend.step
@@ -142,7 +154,12 @@ def ascend_seeds(
     positions = seeds.clone()
     n_seeds = seeds.shape[0]
     log_density = torch.full((n_seeds,), -math.inf, dtype=seeds.dtype, device=seeds.device)
-    n_iter = torch.zeros(n_seeds, dtype=torch.long, device=seeds.device)
+    if n_iter is None:
+        n_iter = torch.zeros(n_seeds, dtype=torch.long, device=seeds.device)
+    else:
+        n_iter = n_iter.clone()
+    left = None if leaves is None else torch.zeros(n_seeds, dtype=torch.bool, device=seeds.device)
+    n_stepped = 0
     active = torch.arange(n_seeds, device=seeds.device)
     bar = _progress(n_seeds, config.verbose, "mean shift")
     round_ = 0
@@ -150,10 +167,13 @@ def ascend_seeds(
         old = positions[active]
         distinct, inverse = old, None
         if active.numel() >= _DEDUP_MIN_SEEDS:
-            distinct, inverse = torch.unique(old, dim=0, return_inverse=True)
-            if distinct.shape[0] > 0.9 * old.shape[0]:
-                distinct, inverse = old, None
+            # The iteration count is part of the state (max_iter stops seeds).
+            keyed = torch.cat([old, n_iter[active, None].to(old.dtype)], 1)
+            unique, inv = torch.unique(keyed, dim=0, return_inverse=True)
+            if unique.shape[0] <= 0.9 * old.shape[0]:
+                distinct, inverse = unique[:, :-1].contiguous(), inv
         result, config = call_shrinking_on_oom(step, config, distinct, config.kernel)
+        n_stepped += distinct.shape[0]
         new_positions, new_log_density = result.positions, result.log_density
         if inverse is not None:
             new_positions, new_log_density = new_positions[inverse], new_log_density[inverse]
@@ -165,6 +185,10 @@ def ascend_seeds(
         log_density[active] = new_log_density
         n_iter[active[~done]] += 1
         active = active[~done]
+        if leaves is not None and active.numel():
+            out = leaves(positions[active])
+            left[active[out]] = True
+            active = active[~out]
         round_ += 1
         if bar is not None:
             bar.update(int(done.sum()))
@@ -175,7 +199,7 @@ def ascend_seeds(
             )
     if bar is not None:
         bar.close()
-    return Ascent(positions, log_density, n_iter)
+    return Ascent(positions, log_density, n_iter, left, n_stepped)
 
 
 def blur(

@@ -1,4 +1,4 @@
-"""Helpers shared by the example scripts: arguments, seeding, figures, scoring.
+"""Helpers shared by the example scripts: arguments, seeding, training, figures, scoring.
 
 Kept deliberately small so that each example reads on its own; nothing here is
 part of the ``meanshift_gpu`` API.
@@ -48,6 +48,42 @@ def seed_everything(seed: int) -> np.random.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
+
+
+def fit_one_cycle(
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    loss_fn,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    batch_size: int,
+    max_lr: float,
+) -> list[float]:
+    """Mini-batch training with a one-cycle learning-rate schedule (the fast.ai default).
+
+    Returns the mean loss of each epoch.
+    """
+    steps_per_epoch = -(-len(inputs) // batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=max_lr, epochs=epochs, steps_per_epoch=steps_per_epoch
+    )
+    losses = []
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(inputs))
+        total = 0.0
+        for start in range(0, len(inputs), batch_size):
+            batch = order[start : start + batch_size]
+            loss = loss_fn(model(inputs[batch]), targets[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += loss.item() * len(batch)
+        losses.append(total / len(inputs))
+    return losses
 
 
 def pyplot():

@@ -31,7 +31,7 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from examples._common import format_table, make_parser, pyplot, save_figure, seed_everything, stopwatch
+from examples._common import fit_one_cycle, format_table, make_parser, pyplot, save_figure, seed_everything, stopwatch
 from meanshift_gpu import MeanShift, estimate_bandwidth
 
 
@@ -81,26 +81,9 @@ class DigitsNet(nn.Module):
 def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int, batch_size: int = 64) -> list[float]:
     """Adam with a one-cycle learning-rate schedule (the fast.ai default); returns epoch losses."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    steps_per_epoch = -(-len(images) // batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=1e-2, epochs=epochs, steps_per_epoch=steps_per_epoch
+    return fit_one_cycle(
+        model, images, labels, nn.CrossEntropyLoss(), optimizer, epochs=epochs, batch_size=batch_size, max_lr=1e-2
     )
-    loss_fn = nn.CrossEntropyLoss()
-    losses = []
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(images))
-        total = 0.0
-        for start in range(0, len(images), batch_size):
-            batch = order[start : start + batch_size]
-            loss = loss_fn(model(images[batch]), labels[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += loss.item() * len(batch)
-        losses.append(total / len(images))
-    return losses
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score
 from torch import nn
 
-from examples._common import format_table, make_parser, pyplot, save_figure, seed_everything, stopwatch
+from examples._common import fit_one_cycle, format_table, make_parser, pyplot, save_figure, seed_everything, stopwatch
 from meanshift_gpu import MeanShift
 
 RATING_RANGE = (0.5, 5.0)
@@ -93,24 +93,9 @@ def train(
 ) -> list[float]:
     """AdamW with a one-cycle schedule and weight decay, as lesson 5 trains it; returns epoch MSEs."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=weight_decay)
-    steps_per_epoch = -(-len(pairs) // batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=5e-2, epochs=epochs, steps_per_epoch=steps_per_epoch
+    return fit_one_cycle(
+        model, pairs, ratings, nn.functional.mse_loss, optimizer, epochs=epochs, batch_size=batch_size, max_lr=5e-2
     )
-    losses = []
-    for _ in range(epochs):
-        order = torch.randperm(len(pairs))
-        total = 0.0
-        for start in range(0, len(pairs), batch_size):
-            batch = order[start : start + batch_size]
-            loss = nn.functional.mse_loss(model(pairs[batch]), ratings[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += loss.item() * len(batch)
-        losses.append(total / len(pairs))
-    return losses
 
 
 def main(argv: list[str] | None = None) -> dict:

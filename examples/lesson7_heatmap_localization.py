@@ -33,7 +33,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
-from examples._common import format_table, make_parser, match_points, pyplot, save_figure, seed_everything, stopwatch
+from examples._common import fit_one_cycle, format_table, make_parser, match_points, pyplot, save_figure, seed_everything, stopwatch
 from meanshift_gpu import MeanShift
 
 FISH_AXES = (3.0, 1.2)  # Gaussian profile: sigma along / across the body, pixels
@@ -116,26 +116,10 @@ class HeatmapNet(nn.Module):
 def train(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, epochs: int, batch_size: int = 32) -> list[float]:
     """Per-pixel binary cross-entropy, Adam with a one-cycle schedule; returns epoch losses."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    steps_per_epoch = -(-len(images) // batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-2, epochs=epochs, steps_per_epoch=steps_per_epoch)
     # Fish cover a few percent of the pixels: weight them up so "all background" is not a good answer.
     positive_weight = ((1 - masks.mean()) / masks.mean()).sqrt()
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=positive_weight)
-    losses = []
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(images))
-        total = 0.0
-        for start in range(0, len(images), batch_size):
-            batch = order[start : start + batch_size]
-            loss = loss_fn(model(images[batch]), masks[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += loss.item() * len(batch)
-        losses.append(total / len(images))
-    return losses
+    return fit_one_cycle(model, images, masks, loss_fn, optimizer, epochs=epochs, batch_size=batch_size, max_lr=1e-2)
 
 
 def detect(heat: np.ndarray, *, threshold: float, bandwidth: float, min_mass: float) -> tuple[np.ndarray, np.ndarray]:

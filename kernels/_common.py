@@ -155,3 +155,58 @@ def dot(a, b, DROPPED_BITS: tl.constexpr, BF16_DOT: tl.constexpr):
         return tl.dot(a, b, input_precision="ieee")
     else:
         return tl.dot(a, b, input_precision="tf32")
+
+
+@triton.jit
+def tiled_row_norms(
+    ptr, rows, stride, valid_rows, n_features,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, D_TILES: tl.constexpr, DROPPED_BITS: tl.constexpr,
+):
+    """``|row|^2`` of a tile of rows, summed over ``D_TILES`` feature tiles (rounded rows)."""
+    offs_d = tl.arange(0, BLOCK_D)
+    norms = tl.zeros((BLOCK_R,), tl.float32)
+    for t in range(D_TILES):
+        cols = t * BLOCK_D + offs_d
+        r_t = tl.load(
+            ptr + rows[:, None] * stride + cols[None, :],
+            mask=valid_rows[:, None] & (cols < n_features)[None, :],
+            other=0.0,
+        )
+        r_t = round_mantissa(r_t, DROPPED_BITS)
+        norms += tl.sum(r_t * r_t, 1)
+    return norms
+
+
+@triton.jit
+def tiled_dot_and_norms(
+    q_ptr, q_rows, q_stride, valid_q, x_ptr, x_rows, x_stride, valid_x, n_features,
+    BLOCK_Q: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_D: tl.constexpr, D_TILES: tl.constexpr,
+    DROPPED_BITS: tl.constexpr, BF16_DOT: tl.constexpr,
+):
+    """``q @ x.T`` and ``|x|^2`` over ``D_TILES`` feature tiles, in the precision's operands.
+
+    The rows of ``x`` are ``x_rows`` (contiguous offsets, or gathered
+    candidate indices), so the dense, block-sparse and nearest-center kernels
+    share this loop.
+    """
+    offs_d = tl.arange(0, BLOCK_D)
+    qx = tl.zeros((BLOCK_Q, BLOCK_X), tl.float32)
+    x_norm = tl.zeros((BLOCK_X,), tl.float32)
+    for t in range(D_TILES):
+        cols = t * BLOCK_D + offs_d
+        valid_cols = cols < n_features
+        q_t = tl.load(
+            q_ptr + q_rows[:, None] * q_stride + cols[None, :],
+            mask=valid_q[:, None] & valid_cols[None, :],
+            other=0.0,
+        )
+        x_t = tl.load(
+            x_ptr + x_rows[:, None] * x_stride + cols[None, :],
+            mask=valid_x[:, None] & valid_cols[None, :],
+            other=0.0,
+        )
+        q_t = round_mantissa(q_t, DROPPED_BITS)
+        x_t = round_mantissa(x_t, DROPPED_BITS)
+        qx += dot(q_t, tl.trans(x_t), DROPPED_BITS, BF16_DOT)
+        x_norm += tl.sum(x_t * x_t, 1)
+    return qx, x_norm

@@ -19,7 +19,15 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import EXACT_MAX_FEATURES, INTERPRETED, as_rows, check_device, feature_tile
+from ._common import (
+    EXACT_MAX_FEATURES,
+    INTERPRETED,
+    as_rows,
+    check_device,
+    feature_tile,
+    tiled_dot_and_norms,
+    tiled_row_norms,
+)
 
 _INTERPRETER_TILES = (32, 16)  # (points, centers) per tile
 
@@ -44,15 +52,7 @@ def _nearest_kernel(
             )
             p_norm = tl.sum(pts * pts, 1)
         else:
-            p_norm = tl.zeros((BLOCK_P,), tl.float32)
-            for t in range(D_TILES):
-                cols = t * BLOCK_D + offs_d
-                p_t = tl.load(
-                    points_ptr + offs_p[:, None] * stride_point + cols[None, :],
-                    mask=valid_p[:, None] & (cols < n_features)[None, :],
-                    other=0.0,
-                )
-                p_norm += tl.sum(p_t * p_t, 1)
+            p_norm = tiled_row_norms(points_ptr, offs_p, stride_point, valid_p, n_features, BLOCK_P, BLOCK_D, D_TILES, 0)
 
     best = tl.full((BLOCK_P,), float("inf"), tl.float32)
     best_index = tl.zeros((BLOCK_P,), tl.int64)
@@ -76,23 +76,10 @@ def _nearest_kernel(
                 pc = tl.dot(pts, tl.trans(ctr), input_precision="ieee")
                 c_norm = tl.sum(ctr * ctr, 1)
             else:
-                pc = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
-                c_norm = tl.zeros((BLOCK_C,), tl.float32)
-                for t in range(D_TILES):
-                    cols = t * BLOCK_D + offs_d
-                    valid_cols = cols < n_features
-                    p_t = tl.load(
-                        points_ptr + offs_p[:, None] * stride_point + cols[None, :],
-                        mask=valid_p[:, None] & valid_cols[None, :],
-                        other=0.0,
-                    )
-                    c_t = tl.load(
-                        centers_ptr + offs_c[:, None] * stride_center + cols[None, :],
-                        mask=valid_c[:, None] & valid_cols[None, :],
-                        other=0.0,
-                    )
-                    pc += tl.dot(p_t, tl.trans(c_t), input_precision="ieee")
-                    c_norm += tl.sum(c_t * c_t, 1)
+                pc, c_norm = tiled_dot_and_norms(
+                    points_ptr, offs_p, stride_point, valid_p, centers_ptr, offs_c, stride_center, valid_c,
+                    n_features, BLOCK_P, BLOCK_C, BLOCK_D, D_TILES, 0, False,
+                )
             d2 = tl.maximum(p_norm[:, None] + c_norm[None, :] - 2.0 * pc, 0.0)
         d2 = tl.where(valid_c[None, :], d2, float("inf"))
         tile_best, tile_arg = tl.min(d2, 1, return_indices=True, return_indices_tie_break_left=True)

@@ -60,6 +60,8 @@ from ._common import (
     dot,
     feature_tile,
     round_mantissa,
+    tiled_dot_and_norms,
+    tiled_row_norms,
 )
 from ._mean_shift_step import _kernel_weights, _store_result
 
@@ -110,16 +112,9 @@ def _blocked_kernel(
             q = round_mantissa(q, DROPPED_BITS)
             q_norm = tl.sum(q * q, 1)
         else:
-            q_norm = tl.zeros((BLOCK_S,), tl.float32)
-            for t in range(D_TILES):
-                cols = t * BLOCK_D + offs_d
-                q_t = tl.load(
-                    seeds_ptr + offs_s[:, None] * stride_seed + cols[None, :],
-                    mask=valid_s[:, None] & (cols < n_features)[None, :],
-                    other=0.0,
-                )
-                q_t = round_mantissa(q_t, DROPPED_BITS)
-                q_norm += tl.sum(q_t * q_t, 1)
+            q_norm = tiled_row_norms(
+                seeds_ptr, offs_s, stride_seed, valid_s, n_features, BLOCK_S, BLOCK_D, D_TILES, DROPPED_BITS
+            )
 
     acc = tl.zeros((BLOCK_S, BLOCK_D), tl.float32)
     l_i = tl.zeros((BLOCK_S,), tl.float32)
@@ -146,25 +141,10 @@ def _blocked_kernel(
             qx = dot(q, tl.trans(x), DROPPED_BITS, BF16_DOT)
             d2 = tl.maximum(q_norm[:, None] + tl.sum(x * x, 1)[None, :] - 2.0 * qx, 0.0)
         else:
-            qx = tl.zeros((BLOCK_S, BLOCK_N), tl.float32)
-            x_norm = tl.zeros((BLOCK_N,), tl.float32)
-            for t in range(D_TILES):
-                cols = t * BLOCK_D + offs_d
-                valid_cols = cols < n_features
-                q_t = tl.load(
-                    seeds_ptr + offs_s[:, None] * stride_seed + cols[None, :],
-                    mask=valid_s[:, None] & valid_cols[None, :],
-                    other=0.0,
-                )
-                x_t = tl.load(
-                    data_ptr + rows[:, None] * stride_data + cols[None, :],
-                    mask=valid_n[:, None] & valid_cols[None, :],
-                    other=0.0,
-                )
-                q_t = round_mantissa(q_t, DROPPED_BITS)
-                x_t = round_mantissa(x_t, DROPPED_BITS)
-                qx += dot(q_t, tl.trans(x_t), DROPPED_BITS, BF16_DOT)
-                x_norm += tl.sum(x_t * x_t, 1)
+            qx, x_norm = tiled_dot_and_norms(
+                seeds_ptr, offs_s, stride_seed, valid_s, data_ptr, rows, stride_data, valid_n, n_features,
+                BLOCK_S, BLOCK_N, BLOCK_D, D_TILES, DROPPED_BITS, BF16_DOT,
+            )
             x = tl.load(
                 data_ptr + rows[:, None] * stride_data + cols_out[None, :],
                 mask=valid_n[:, None] & valid_out[None, :],

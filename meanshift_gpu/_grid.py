@@ -69,11 +69,6 @@ class GridIndex:
         ).reshape(3 ** (self.n_features - 1), self.n_features - 1)
         self.run_offsets = (offsets * strides[:-1]).sum(1)
 
-    @staticmethod
-    def supported(n_features: int) -> bool:
-        """Whether 3**d neighbour cells is a sensible amount of work."""
-        return n_features <= 6
-
     def seed_keys(self, seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cell key of each seed, and whether its cell can have neighbours at all.
 

@@ -115,6 +115,42 @@ def _progress(total: int, verbose: bool, desc: str):
 
 # Below this many moving seeds, looking for exact duplicates costs more than it saves.
 _DEDUP_MIN_SEEDS = 2048
+_ROUNDING_ULPS = 8
+
+
+def distinct_rows(rows: torch.Tensor, tag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bit-identical ``(row, tag)`` pairs: the first index of each, and each row's group.
+
+    Rows are hashed to one int64 and sorted (``torch.unique(dim=0)`` sorts
+    whole rows and is several times slower); groups are then checked
+    element by element, and a hash collision falls back to the exact
+    ``torch.unique``.  Values that compare equal with different bits (0.0
+    and -0.0) stay apart, which only costs a redundant step.
+
+    Examples
+    --------
+    >>> rows = torch.tensor([[1.0, 2.0], [3.0, 4.0], [1.0, 2.0], [1.0, 2.0]])
+    >>> first, group = distinct_rows(rows, torch.tensor([0, 0, 0, 1]))
+    >>> rows[first].tolist(), group.tolist()
+    ([[1.0, 2.0], [3.0, 4.0], [1.0, 2.0]], [0, 1, 0, 2])
+    """
+    integer = {8: torch.int64, 4: torch.int32, 2: torch.int16}[rows.element_size()]
+    bits = torch.cat([rows.contiguous().view(integer).long(), tag.long()[:, None]], 1)
+    key = torch.zeros(rows.shape[0], dtype=torch.long, device=rows.device)
+    for column in bits.unbind(1):
+        key = (key * 1_000_003) ^ column  # int64 arithmetic wraps: fine for a hash
+    _, group, counts = torch.unique(key, return_inverse=True, return_counts=True)
+    first = torch.full((counts.numel(),), rows.shape[0], dtype=torch.long, device=rows.device)
+    first.scatter_reduce_(0, group, torch.arange(rows.shape[0], device=rows.device), "amin")
+    if not bool((bits == bits[first[group]]).all()):
+        _, group = torch.unique(bits, dim=0, return_inverse=True)
+        first = torch.full((int(group.max()) + 1,), rows.shape[0], dtype=torch.long, device=rows.device)
+        first.scatter_reduce_(0, group, torch.arange(rows.shape[0], device=rows.device), "amin")
+    # Groups numbered by first appearance.
+    order = torch.argsort(first)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=rows.device)
+    return first[order], rank[group]
 
 
 def ascend_seeds(
@@ -168,10 +204,9 @@ def ascend_seeds(
         distinct, inverse = old, None
         if active.numel() >= _DEDUP_MIN_SEEDS:
             # The iteration count is part of the state (max_iter stops seeds).
-            keyed = torch.cat([old, n_iter[active, None].to(old.dtype)], 1)
-            unique, inv = torch.unique(keyed, dim=0, return_inverse=True)
-            if unique.shape[0] <= 0.9 * old.shape[0]:
-                distinct, inverse = unique[:, :-1].contiguous(), inv
+            first, inv = distinct_rows(old, n_iter[active])
+            if first.numel() <= 0.9 * old.shape[0]:
+                distinct, inverse = old[first], inv
         result, config = call_shrinking_on_oom(step, config, distinct, config.kernel)
         n_stepped += distinct.shape[0]
         new_positions, new_log_density = result.positions, result.log_density
@@ -179,7 +214,11 @@ def ascend_seeds(
             new_positions, new_log_density = new_positions[inverse], new_log_density[inverse]
         empty = torch.isneginf(new_log_density)
         shift = torch.linalg.vector_norm(new_positions - old, dim=1)
-        done = (shift <= config.tol) | (n_iter[active] >= config.max_iter) | empty
+        # A shift of a few units in the last place is a fixed point reached up to
+        # rounding (the batched matmul may round one row differently when the
+        # batch around it changes): it stops the seed even with tol=0.
+        at_rest = shift <= _ROUNDING_ULPS * torch.finfo(old.dtype).eps * (old.abs().amax(1) + 1.0)
+        done = (shift <= config.tol) | at_rest | (n_iter[active] >= config.max_iter) | empty
         moved = active[~empty]
         positions[moved] = new_positions[~empty]
         log_density[active] = new_log_density
@@ -270,7 +309,8 @@ def merge_modes(
     positions, intensity = positions[valid], intensity[valid]
     if positions.shape[0] == 0:
         return positions
-    unique, inverse = torch.unique(positions, dim=0, return_inverse=True)
+    first, inverse = distinct_rows(positions, torch.zeros_like(intensity, dtype=torch.long))
+    unique = positions[first]
     best = torch.full((unique.shape[0],), -math.inf, dtype=intensity.dtype, device=intensity.device)
     best.scatter_reduce_(0, inverse, intensity, reduce="amax")
     candidates = unique[densest_first(unique, best)]

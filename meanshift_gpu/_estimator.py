@@ -153,7 +153,10 @@ class MeanShift(ClusterMixin, BaseEstimator):
         bandwidths, 3.0), LSH ``n_tables`` (16), ``n_bits`` (3),
         ``bucket_width`` (2.0 reaches), ``seed`` (0); faiss ``index``
         ("auto", "flat" or "ivf"), ``nlist``, ``nprobe``; ``max_pairs``
-        (seed-point pairs held at once, 2**22).
+        (seed-point pairs held at once, 2**22); grid ``row_sums`` ("auto",
+        True or False: the flat kernel's exact step from running sums over
+        rows of fine cells; "auto" uses it in 1-D and 2-D with the torch
+        backend).
     batch_size : int or "auto", default="auto"
         Seeds per tile; "auto" sizes tiles from a memory budget.  Results do
         not depend on it beyond float rounding.

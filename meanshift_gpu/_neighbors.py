@@ -10,7 +10,11 @@ any set of seeds.  Methods:
 ``"grid"``
     Cells of side = the kernel's reach, points sorted by cell; a seed reads its
     own and the ``3**d - 1`` adjacent cells (:mod:`meanshift_gpu._grid`).
-    Exact for the flat and Epanechnikov kernels.  Low dimensions only.
+    Exact for the flat and Epanechnikov kernels.  Low dimensions only.  With
+    the flat kernel in 1-D and 2-D (option ``row_sums="auto"``) the step runs
+    as running sums over rows of fine cells instead
+    (:mod:`meanshift_gpu._rowsum`): only the points near each window's edge
+    are tested one by one.
 ``"lsh"``
     Locality-sensitive hashing in torch: ``n_tables`` tables of ``n_bits``
     quantised random projections each (bucket width ``bucket_width`` times the
@@ -51,6 +55,7 @@ import torch
 from ._backends import Blocks
 from ._grid import GridIndex, grid_mean_shift_step
 from ._reference import StepResult
+from ._rowsum import ROWSUM_MAX_FEATURES, RowSumIndex, rowsum_step
 from ._sparse import blocked_step
 
 NEIGHBOR_METHODS = ("auto", "dense", "grid", "lsh", "faiss")
@@ -66,6 +71,7 @@ DEFAULT_OPTIONS = {
     "nlist": None,  # faiss IVF cells (None: 4 * sqrt(n))
     "nprobe": None,  # faiss IVF cells probed (None: nlist // 4, at least 16)
     "max_pairs": 1 << 22,  # seed-point pairs held at once by the candidate step
+    "row_sums": "auto",  # grid, flat kernel, d <= 2: prefix sums over rows of fine cells
 }
 
 # Measured on 2 CPU cores: grid beat dense 6x at 50k points in 3-D and 4x at
@@ -73,6 +79,12 @@ DEFAULT_OPTIONS = {
 _AUTO_DENSE_PAIRS = {"cpu": 2.5e7, "cuda": 2e10}
 _GRID_MAX_FEATURES = 6
 _GRID_MAX_FRACTION = 1 / 3
+_ROW_SUMS_AUTO_MAX_FEATURES = 2
+_GRID_MAX_INDICES = 1 << 24
+# Smallest starting tile (CPU: 256 seeds x 4096 points); see pair_budget.
+_TILE_ELEMENTS_AT_START = 1 << 20
+_ROW_SUMS_MIN_WINDOW = 400  # mean points per window, estimated from the grid
+_BALL_PER_CUBE = {1: 2 / 3, 2: math.pi / 9}  # unit ball / the 3**d cells around it
 
 
 def check_neighbor_options(options: dict | None) -> dict:
@@ -95,6 +107,10 @@ def check_neighbor_options(options: dict | None) -> dict:
             raise ValueError(f"neighbor_options[{key!r}] must be >= 1, got {merged[key]!r}")
     if not merged["bucket_width"] > 0:
         raise ValueError(f"neighbor_options['bucket_width'] must be > 0, got {merged['bucket_width']!r}")
+    if merged["row_sums"] not in ("auto", True, False):
+        raise ValueError(
+            f"neighbor_options['row_sums'] must be 'auto', True or False, got {merged['row_sums']!r}"
+        )
     if merged["index"] not in ("auto", "flat", "ivf"):
         raise ValueError(
             f"neighbor_options['index'] must be 'auto', 'flat' or 'ivf', got {merged['index']!r}"
@@ -306,6 +322,44 @@ class _FaissIndex:
         return seed_ptr, torch.from_numpy(ids.astype(np.int64)).to(self.device)
 
 
+def pair_budget(cap: int, blocks: Blocks) -> int:
+    """Pairs a pruned step may hold at once: ``cap``, less once out-of-memory has shrunk the tiles.
+
+    The dense tiles start at ``_TILE_ELEMENTS_AT_START`` elements or more;
+    every halving of them (see :func:`meanshift_gpu._engine.call_shrinking_on_oom`)
+    halves this budget too, so a pruned step that ran out of memory retries
+    smaller instead of failing the same way again.
+    """
+    shrink = min(1.0, blocks.seeds * blocks.points / _TILE_ELEMENTS_AT_START)
+    return max(1024, int(int(cap) * shrink))
+
+
+def _use_row_sums(choice, kernel: str, n_features: int, blocked_step, grid: Callable[[], GridIndex]) -> bool:
+    """Whether the grid runs as row prefix sums (:mod:`meanshift_gpu._rowsum`).
+
+    They need the flat kernel and at most three features.  "auto" also wants
+    full windows (a fixed cost per row of cells only pays off against many
+    points: on 2 CPU cores the batched grid was 3x faster at ~20 points per
+    window, even at ~300, and row sums 2x faster at ~2,500) and leaves a
+    backend's own block-sparse kernel (Triton) in charge: asked for by name,
+    it should run.
+    """
+    possible = kernel == "flat" and n_features <= ROWSUM_MAX_FEATURES
+    if choice is True and not possible:
+        raise ValueError(
+            "neighbor_options['row_sums']=True needs kernel='flat' and at most "
+            f"{ROWSUM_MAX_FEATURES} features, got kernel={kernel!r} with {n_features}"
+        )
+    if choice == "auto":
+        # In 3-D the tested band is most of the ball (cells of side 1/4 cut
+        # it in a thick shell): the grid's batched step was 3-5x faster there.
+        if not (possible and n_features <= _ROW_SUMS_AUTO_MAX_FEATURES and blocked_step is None):
+            return False
+        index = grid()
+        return grid_fraction(index) * index.points.shape[0] * _BALL_PER_CUBE[n_features] >= _ROW_SUMS_MIN_WINDOW
+    return bool(choice)
+
+
 def build_pruner(
     method: str,
     data: torch.Tensor,
@@ -332,10 +386,33 @@ def build_pruner(
                 f"neighbors='grid' reads 3**d cells and supports at most {_GRID_MAX_FEATURES} "
                 f"features, got {data.shape[1]}; use neighbors='lsh' or 'faiss'"
             )
-        index = grid if grid is not None else GridIndex(data, reach, weights)
+        built = [grid] if grid is not None else []
+
+        def grid_index():
+            if not built:
+                built.append(GridIndex(data, reach, weights))
+            return built[0]
+
+        rows = None
+        if _use_row_sums(options["row_sums"], kernel, data.shape[1], blocked_step, grid_index):
+            try:
+                rows = RowSumIndex(data, weights)
+            except OverflowError:
+                if options["row_sums"] is True:
+                    raise
+        if rows is not None:
+
+            def row_sum_step(seeds, k, blocks):
+                return rowsum_step(seeds, rows, max_pairs=pair_budget(options["max_pairs"], blocks))
+
+            return Pruner("grid", row_sum_step, None)
+        index = grid_index()
 
         def grid_step(seeds, k, blocks):
-            return grid_mean_shift_step(seeds, index, kernel=k, blocked_step=blocked_step)
+            return grid_mean_shift_step(
+                seeds, index, kernel=k, blocked_step=blocked_step,
+                max_indices=pair_budget(_GRID_MAX_INDICES, blocks),
+            )
 
         return Pruner("grid", grid_step, None)
     if method in ("lsh", "faiss"):
@@ -349,7 +426,7 @@ def build_pruner(
         def candidate_step(seeds, k, blocks):
             return _chunked_pairs_step(
                 seeds, data, weights, index, kernel=k, reach=reach,
-                max_pairs=int(options["max_pairs"]),
+                max_pairs=pair_budget(options["max_pairs"], blocks),
             )
 
         return Pruner(method, candidate_step, index.candidates)

@@ -1,0 +1,309 @@
+"""Exact flat-kernel steps from prefix sums over rows of fine cells (1 <= d <= 3).
+
+The flat step needs, for every seed ``q``, the (weighted) count and sum of the
+points in the ball ``|x - q| <= 1`` (scaled coordinates).  Grid hashing reads
+every point of the ``3**d`` cells around the seed and tests each one; in 2-D
+that is ~3x the ball's area, and every point of a dense window costs a
+distance test.  Here most of the ball costs nothing per point:
+
+* Space minus the first axis is cut into cells of side ``1 / m``; a *row* is
+  the set of points whose last ``d - 1`` coordinates fall into one such cell.
+  Points are sorted by (row, first coordinate), so each row is a contiguous
+  run ordered along the first axis, and running sums of ``[w x, w]`` over the
+  sorted points give the sum over any run in O(1).
+* For a seed and a row whose cell lies at distance between ``rho_min`` and
+  ``rho_max`` from the seed (in the last ``d - 1`` coordinates), every point
+  with ``|x_0 - q_0| <= sqrt(1 - rho_max^2)`` is inside the ball and every
+  point with ``|x_0 - q_0| > sqrt(1 - rho_min^2)`` is outside.  The first run
+  is summed from the running sums; only the points between the two bounds
+  (two short runs per row) are tested one by one, with the same distance
+  formula as the dense step.
+
+With ``m`` cells per bandwidth the tested points fill a band of area about
+``4 / m`` in 2-D (``m = 8``: 16% of the unit disc) instead of the grid's 9
+cells, and the rest of the ball is ``O(rows)`` per seed whatever its density.
+The interior bound keeps a margin of ``_INTERIOR_MARGIN`` in squared distance
+so rounding can never put a point there that the dense test would reject;
+the band is widened by the same margin, so the result is the dense step's
+result up to float rounding (the sums are int64 fixed point, see
+:func:`_summands`).
+
+Locating a run is a binary search in one sorted array of *composite keys*
+``row_rank * span + x_0``: rows are separated by more than any search window,
+and every bound is moved outward (band) or inward (interior) by a few units in
+the last place of the largest key, so the search's rounding only moves points
+from the interior into the tested band, never out of both.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+
+from ._reference import StepResult
+
+__all__ = ["RowSumIndex", "rowsum_step", "ROW_CELLS", "ROWSUM_MAX_FEATURES"]
+
+# Cells per bandwidth across the rows, by dimension: more cells narrow the
+# tested band (~ 1/m of the ball) but add rows per seed (~ m**(d - 1)).
+ROW_CELLS = {1: 1, 2: 8, 3: 4}
+ROWSUM_MAX_FEATURES = 3
+# Squared-distance margin between the summed interior and the ball's edge.
+_INTERIOR_MARGIN = 1e-5
+_MAX_KEY_SPACE = 1 << 62
+
+
+class RowSumIndex:
+    """Data sorted by (row of fine cells, first coordinate), with running sums.
+
+    Parameters
+    ----------
+    data : Tensor of shape (n_points, n_features)
+        Scaled data (the flat window has radius 1), ``1 <= n_features <= 3``.
+    weights : Tensor of shape (n_points,) or None
+        Sample weights.
+    cells_per_unit : int, optional
+        ``m``: rows are cells of side ``1 / m`` in the last ``n_features - 1``
+        coordinates (default from ``ROW_CELLS``).
+
+    Examples
+    --------
+    >>> x = torch.tensor([[0.0, 0.0], [0.5, 0.1], [3.0, 0.0]], dtype=torch.float64)
+    >>> index = RowSumIndex(x, None)
+    >>> step = rowsum_step(torch.tensor([[0.0, 0.0]], dtype=torch.float64), index)
+    >>> step.positions.tolist(), round(math.exp(float(step.log_density[0])), 6)
+    ([[0.25, 0.05]], 2.0)
+    """
+
+    def __init__(self, data: torch.Tensor, weights: torch.Tensor | None, cells_per_unit: int | None = None):
+        n, d = data.shape
+        if not 1 <= d <= ROWSUM_MAX_FEATURES:
+            raise ValueError(f"row sums support 1 to {ROWSUM_MAX_FEATURES} features, got {d}")
+        self.n_features = d
+        self.m = int(cells_per_unit or ROW_CELLS[d])
+        device = data.device
+        z = data.to(torch.float64)
+        cells = torch.floor(z[:, 1:] * self.m).long()
+        reach = self.m + 2  # cells a seed's rows may be away from its own, plus one
+        if n:
+            lo, hi = cells.amin(0), cells.amax(0)
+        else:
+            lo = hi = torch.zeros(d - 1, dtype=torch.long, device=device)
+        self.origin = lo - reach
+        extent = hi - lo + 2 * reach + 1
+        if math.prod(int(e) for e in extent.tolist()) >= _MAX_KEY_SPACE:
+            raise OverflowError(
+                "the row grid is too large for 64-bit keys; use neighbor_options={'row_sums': False}"
+            )
+        self.cell_lo, self.cell_hi = lo - reach + 1, hi + reach - 1
+        strides = torch.ones(d - 1, dtype=torch.long, device=device)
+        for j in range(d - 3, -1, -1):
+            strides[j] = strides[j + 1] * extent[j + 1]
+        self.strides = strides
+        key = ((cells - self.origin) * strides).sum(1)
+        # Lexicographic (row, x_0): sort by x_0, then stably by row.
+        by_x = torch.argsort(z[:, 0], stable=True)
+        order = by_x[torch.argsort(key[by_x], stable=True)]
+        self.order = order
+        self.points = data[order].contiguous()
+        key = key[order]
+        self.row_keys, row_counts = torch.unique_consecutive(key, return_counts=True)
+        rank = torch.repeat_interleave(torch.arange(self.row_keys.numel(), device=device), row_counts)
+        x0 = z[order, 0]
+        self.x0_min = float(x0.min()) if n else 0.0
+        # Rows are ``span`` apart; a search window is at most 2 + 2 margins wide
+        # and clamped into its row's slot, so windows never reach another row.
+        self.span = (float(x0.max()) - self.x0_min if n else 0.0) + 8.0
+        self.composite = rank.to(torch.float64) * self.span + (x0 - self.x0_min + 4.0)
+        top = self.row_keys.numel() * self.span
+        self.key_eps = 16.0 * math.ulp(max(top, 1.0))
+        if self.key_eps > 0.5:  # rows (``span`` apart) would blur into each other
+            raise OverflowError(
+                "the data span too many bandwidths for the row sums' float64 keys; "
+                "use neighbor_options={'row_sums': False}"
+            )
+        self.weights = None if weights is None else weights[order].contiguous()
+        self.summands, self.coord_scale, self.weight_scale = _summands(z[order], self.weights)
+        self.prefix = torch.zeros(n + 1, d + 1, dtype=self.summands.dtype, device=device)
+        torch.cumsum(self.summands, 0, out=self.prefix[1:])
+        offsets = list(itertools.product(range(-self.m - 1, self.m + 2), repeat=d - 1))
+        self.offsets = torch.tensor(offsets, dtype=torch.long, device=device).reshape(len(offsets), d - 1)
+
+    def _search(self, rank: torch.Tensor, x0: torch.Tensor, right: bool) -> torch.Tensor:
+        inside_slot = (x0 - self.x0_min + 4.0).clamp_(0.5, self.span - 0.5)
+        return torch.searchsorted(self.composite, rank * self.span + inside_slot, right=right)
+
+
+def rowsum_step(
+    seeds: torch.Tensor, index: RowSumIndex, *, max_pairs: int = 1 << 22
+) -> StepResult:
+    """One exact flat-kernel mean-shift step (see the module docstring).
+
+    Parameters
+    ----------
+    seeds : Tensor of shape (n_seeds, n_features)
+        Scaled seed positions.
+    index : RowSumIndex
+        The data.
+    max_pairs : int
+        Seed-row pairs, and tested seed-point pairs, held at once.
+
+    Returns
+    -------
+    StepResult
+        Same contract as :func:`meanshift_gpu._reference.mean_shift_step` with
+        ``kernel="flat"``.
+    """
+    return _step(seeds, index, _accumulate, max_pairs)
+
+
+def _step(seeds, index, accumulate, max_pairs) -> StepResult:
+    n_seeds, d = seeds.shape
+    if d != index.n_features:
+        raise ValueError(f"seeds have {d} features, the index {index.n_features}")
+    device = seeds.device
+    # Seeds in the data's (row, x_0) order: neighbouring seeds search and
+    # read neighbouring stretches of the sorted data.
+    own = torch.floor(seeds[:, 1:].to(torch.float64) * index.m).long()
+    row_key = ((own - index.origin) * index.strides).sum(1)
+    by_x = torch.argsort(seeds[:, 0], stable=True)
+    order = by_x[torch.argsort(row_key[by_x], stable=True)]
+    ordered = seeds[order]
+    acc = torch.zeros(n_seeds, d + 1, dtype=index.summands.dtype, device=device)
+    # ~10 temporaries per (seed, row) pair while the rows are found.
+    chunk = max(1, max_pairs // (4 * index.offsets.shape[0]))
+    for s0 in range(0, n_seeds, chunk):
+        accumulate(ordered[s0 : s0 + chunk], index, acc[s0 : s0 + chunk], max_pairs)
+    acc = acc[torch.argsort(order)]
+    count = acc[:, -1]
+    empty = count <= 0
+    safe = torch.where(empty, 1, count).to(torch.float64)
+    means = (acc[:, :-1].to(torch.float64) / index.coord_scale) / (safe[:, None] / index.weight_scale)
+    positions = torch.where(empty[:, None], seeds, means.to(seeds.dtype))
+    log_density = torch.where(empty, -math.inf, torch.log(safe / index.weight_scale)).to(seeds.dtype)
+    return StepResult(positions, log_density)
+
+
+def _rows_near(q: torch.Tensor, index: RowSumIndex):
+    """Occupied rows whose cell comes within the ball of each seed.
+
+    Returns ``(seed_id, rank, rho_min2, rho_max2)`` per (seed, row) pair: the
+    row's rank and the squared smallest and largest distance from the seed
+    to the row's cell in the last ``d - 1`` coordinates.  Pairs come in
+    (offset, seed) order: for one offset the rows follow the seeds.
+    """
+    m = index.m
+    own = torch.floor(q[:, 1:] * m).long()
+    cells = own[None, :, :] + index.offsets[:, None, :]
+    across = q[None, :, 1:]
+    lo = cells.to(torch.float64) / m
+    hi = (cells + 1).to(torch.float64) / m
+    gap = (lo - across).clamp_min(0.0) + (across - hi).clamp_min(0.0)
+    far = torch.maximum(across - lo, hi - across)
+    rho_min2 = gap.square().sum(-1)
+    rho_max2 = far.square().sum(-1)
+    near = rho_min2 <= 1.0 + _INTERIOR_MARGIN
+    near &= ((cells >= index.cell_lo) & (cells <= index.cell_hi)).all(-1)
+    key = ((cells - index.origin) * index.strides).sum(-1)
+    offset_id, seed_id = torch.nonzero(near, as_tuple=True)
+    key = key[offset_id, seed_id]
+    rho_min2 = rho_min2[offset_id, seed_id]
+    rho_max2 = rho_max2[offset_id, seed_id]
+    rank = torch.searchsorted(index.row_keys, key)
+    last_row = max(0, index.row_keys.numel() - 1)
+    occupied = (rank < index.row_keys.numel()) & (index.row_keys[rank.clamp_max(last_row)] == key)
+    return seed_id[occupied], rank[occupied], rho_min2[occupied], rho_max2[occupied]
+
+
+def _accumulate(seeds: torch.Tensor, index: RowSumIndex, acc: torch.Tensor, max_pairs: int) -> None:
+    """Add the window sums ``[sum w x, sum w]`` of ``seeds`` into ``acc``."""
+    q = seeds.to(torch.float64)
+    seed_id, rank, rho_min2, rho_max2 = _rows_near(q, index)
+    rank = rank.to(torch.float64)
+    x0 = q[seed_id, 0]
+    eps = index.key_eps
+    w_out = (1.0 + _INTERIOR_MARGIN - rho_min2).clamp_min(0.0).sqrt()
+    inner2 = 1.0 - _INTERIOR_MARGIN - rho_max2
+    w_in = inner2.clamp_min(0.0).sqrt()
+    lo_out = index._search(rank, x0 - w_out - eps, right=False)
+    hi_out = index._search(rank, x0 + w_out + eps, right=True)
+    lo_in = index._search(rank, x0 - w_in + eps, right=False)
+    hi_in = index._search(rank, x0 + w_in - eps, right=True)
+    no_interior = (inner2 <= 0) | (hi_in <= lo_in)
+    lo_in = torch.where(no_interior, lo_out, lo_in.clamp(lo_out, hi_out))
+    hi_in = torch.where(no_interior, lo_out, hi_in.clamp(lo_in, hi_out))
+    acc.index_add_(0, seed_id, index.prefix[hi_in] - index.prefix[lo_in])
+    # The two bands of each (seed, row): [lo_out, lo_in) and [hi_in, hi_out).
+    starts = torch.cat([lo_out, hi_in])
+    lengths = torch.cat([lo_in - lo_out, hi_out - hi_in])
+    owners = torch.cat([seed_id, seed_id])
+    keep = lengths > 0
+    starts, lengths, owners = starts[keep], lengths[keep], owners[keep]
+    if starts.numel() == 0:
+        return
+    cumulative = torch.cumsum(lengths, 0)
+    first = 0
+    while first < starts.numel():
+        base = int(cumulative[first - 1]) if first else 0
+        bound = torch.tensor(base + max_pairs, device=cumulative.device)
+        last = min(starts.numel(), max(first + 1, int(torch.searchsorted(cumulative, bound, right=True))))
+        _test_band(seeds, index, acc, starts[first:last], lengths[first:last], owners[first:last])
+        first = last
+
+
+def _test_band(seeds, index, acc, starts, lengths, owners) -> None:
+    """Test every point of the runs one by one and add the hits.
+
+    The distance is the reference formula, summed feature by feature in the
+    same order, so a point on the ball's edge is in or out exactly as in the
+    dense step.
+    """
+    total = int(lengths.sum())
+    run_first = torch.cumsum(lengths, 0) - lengths
+    point = torch.repeat_interleave(starts - run_first, lengths) + torch.arange(total, device=starts.device)
+    owner = torch.repeat_interleave(owners, lengths)
+    squares = torch.repeat_interleave(seeds[owners], lengths, dim=0).sub_(index.points[point]).square_()
+    d2 = squares[:, 0].clone()
+    for j in range(1, squares.shape[1]):
+        d2 += squares[:, j]
+    hit = torch.nonzero(d2 <= 1.0).squeeze(1)
+    acc.index_add_(0, owner[hit], index.summands[point[hit]])
+
+
+def _summands(z: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, float, float]:
+    """Int64 fixed-point rows ``[w x, w]`` to be summed, and the scales of ``w x`` and ``w``.
+
+    Integer sums do not depend on the order of summation: two seeds whose
+    windows hold the same points get bit-identical means (so the engine
+    steps them once from then on), chunking cannot change a result, and a
+    difference of running sums carries no cancellation error.  Each scale is
+    the largest power of two for which the total cannot overflow, so ``x``
+    is kept to about ``2**-62`` of the data's total mass.  Integer weights
+    multiply the rounded ``x`` (exactly like repeated rows); other weights
+    are rounded with ``w x``, and a positive weight never rounds to zero.
+    """
+    n = z.shape[0]
+    w = None if weights is None else weights.to(torch.float64)
+    integer = w is None or bool(((w == torch.round(w)) & (w <= 2.0**40)).all())
+    total_weight = float(n if w is None else w.sum())
+    if integer:
+        largest = float(z.abs().max()) if n else 0.0
+        coord_scale = _fixed_point_scale(total_weight * largest)
+        fixed = torch.round(z * coord_scale).long()
+        count = torch.ones(n, 1, dtype=torch.long, device=z.device) if w is None else w.long()[:, None]
+        return torch.cat([fixed * count, count], dim=1), coord_scale, 1.0
+    coord_scale = _fixed_point_scale(float((z.abs() * w[:, None]).sum(0).max()))
+    weight_scale = _fixed_point_scale(total_weight)
+    fixed = torch.round(z * w[:, None] * coord_scale).long()
+    count = torch.round(w * weight_scale).long()
+    count = torch.where((w > 0) & (count == 0), 1, count)
+    return torch.cat([fixed, count[:, None]], dim=1), coord_scale, weight_scale
+
+
+def _fixed_point_scale(total: float) -> float:
+    """Largest ``2**k`` with ``total * 2**k`` (plus rounding) below ``2**62``."""
+    if total <= 0.0:
+        return 2.0**40
+    return 2.0 ** math.floor(math.log2(2.0**62 / (total * (1 + 1e-9) + 1.0)))

@@ -1,0 +1,193 @@
+"""Row prefix sums (``meanshift_gpu._rowsum``): the exact flat step without testing most points."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import make_blobs
+
+from meanshift_gpu import MeanShift, _neighbors, _rowsum
+from meanshift_gpu._reference import mean_shift_step
+from meanshift_gpu._rowsum import RowSumIndex, rowsum_step
+
+
+def _dense(seeds, data, weights=None):
+    return mean_shift_step(seeds, data, weights, kernel="flat")
+
+
+@pytest.mark.parametrize("n_features", [1, 2, 3])
+@pytest.mark.parametrize("cells", [1, 3, 8])
+@pytest.mark.parametrize("weighting", ["none", "integer", "real"])
+def test_step_equals_dense_step(n_features, cells, weighting):
+    gen = torch.Generator().manual_seed(10 * n_features + cells)
+    data = torch.randn(900, n_features, generator=gen, dtype=torch.float64) * 1.5
+    weights = {
+        "none": None,
+        "integer": torch.randint(0, 4, (900,), generator=gen).to(torch.float64),
+        "real": torch.rand(900, generator=gen, dtype=torch.float64),
+    }[weighting]
+    seeds = torch.cat([
+        data[:200] + 0.1,
+        data.amax(0, keepdim=True) + 3.0,  # empty window
+        torch.full((1, n_features), 1e6, dtype=torch.float64),  # far outside the grid
+    ])
+    index = RowSumIndex(data, weights, cells)
+    got = rowsum_step(seeds, index, max_pairs=997)  # odd size: many chunks
+    want = _dense(seeds, data, weights)
+    torch.testing.assert_close(got.positions, want.positions, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got.log_density, want.log_density, rtol=0, atol=1e-12)
+    assert torch.isneginf(got.log_density[-2:]).all()
+    assert torch.equal(got.positions[-2:], seeds[-2:])
+
+
+@pytest.mark.parametrize("n_features", [1, 2, 3])
+def test_points_exactly_on_the_edge_count_as_in_the_dense_step(n_features):
+    # A lattice of spacing 1/2 with seeds on lattice points: many points lie at
+    # distance exactly 1 (and sqrt(0.5^2 + ...) combinations hitting 1).
+    axes = [torch.arange(-3.0, 3.01, 0.5, dtype=torch.float64)] * n_features
+    data = torch.cartesian_prod(*axes).reshape(-1, n_features)
+    seeds = data[:: max(1, data.shape[0] // 150)]
+    got = rowsum_step(seeds, RowSumIndex(data, None))
+    want = _dense(seeds, data)
+    assert torch.equal(got.log_density.exp().round(), want.log_density.exp().round())
+    torch.testing.assert_close(got.positions, want.positions, rtol=0, atol=1e-12)
+
+
+def test_float32_data_matches_the_float64_reference():
+    X, _ = make_blobs(3000, n_features=2, centers=4, random_state=3)
+    data = torch.as_tensor(X, dtype=torch.float32)
+    seeds = data[::7]
+    got = rowsum_step(seeds, RowSumIndex(data, None))
+    want = _dense(seeds.double(), data.double())
+    assert got.positions.dtype == torch.float32
+    torch.testing.assert_close(got.positions.double(), want.positions, rtol=0, atol=2e-5)
+    # Counts can differ only for points within float32 rounding of the edge: none here.
+    assert torch.equal(got.log_density.double().exp().round(), want.log_density.exp().round())
+
+
+def test_same_window_gives_bit_identical_means_whatever_the_chunks():
+    gen = torch.Generator().manual_seed(5)
+    data = torch.cat([torch.randn(400, 2, generator=gen, dtype=torch.float64) * 0.1 + 5.0,
+                      torch.randn(400, 2, generator=gen, dtype=torch.float64) * 0.1 - 5.0])
+    # Every seed near a tight blob holds exactly that blob in its window.
+    seeds = data[:400] + 0.05
+    index = RowSumIndex(data, None)
+    one = rowsum_step(seeds, index)
+    assert torch.unique(one.positions, dim=0).shape[0] == 1
+    for max_pairs in (50, 1000):
+        assert torch.equal(rowsum_step(seeds, index, max_pairs=max_pairs).positions, one.positions)
+
+
+def test_far_apart_data_and_large_coordinates_stay_exact():
+    gen = torch.Generator().manual_seed(1)
+    blobs = [torch.randn(200, 2, generator=gen, dtype=torch.float64) * 0.7 + c for c in (-5000.0, 0.0, 8000.0)]
+    data = torch.cat(blobs)
+    seeds = data[::5] + 0.2
+    got = rowsum_step(seeds, RowSumIndex(data, None))
+    want = _dense(seeds, data)
+    torch.testing.assert_close(got.positions, want.positions, rtol=0, atol=1e-9)
+    assert torch.equal(got.log_density, want.log_density)
+
+
+def test_index_rejects_unsupported_dimensions():
+    with pytest.raises(ValueError, match="1 to 3 features"):
+        RowSumIndex(torch.zeros(5, 4), None)
+    index = RowSumIndex(torch.zeros(5, 2), None)
+    with pytest.raises(ValueError, match="seeds have 3 features"):
+        rowsum_step(torch.zeros(2, 3), index)
+
+
+# ------------------------------------------------------------------ in the estimator
+def test_grid_runs_row_sums_by_default_in_2d_and_agrees_with_the_batched_grid(monkeypatch, assert_same_clustering):
+    calls = []
+    original = _rowsum.rowsum_step
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_neighbors, "rowsum_step", counting)
+    # ~1500 points per window: full enough for "auto" to pick row sums.
+    X, _ = make_blobs(6000, n_features=2, centers=3, cluster_std=0.5, random_state=0)
+    rows = MeanShift(bandwidth=1.2, neighbors="grid").fit(X)
+    assert calls, "the 2-D flat grid fit did not use row sums"
+    n_calls = len(calls)
+    batched = MeanShift(bandwidth=1.2, neighbors="grid", neighbor_options={"row_sums": False}).fit(X)
+    assert len(calls) == n_calls
+    assert_same_clustering(batched.cluster_centers_, batched.labels_, rows.cluster_centers_, rows.labels_,
+                           atol=1e-10, rtol=1e-10)
+    assert rows.n_iter_ == batched.n_iter_
+
+
+def test_auto_keeps_the_batched_grid_for_sparse_windows(monkeypatch):
+    monkeypatch.setattr(_neighbors, "rowsum_step", lambda *a, **k: pytest.fail("row sums used"))
+    X = np.random.RandomState(0).uniform(0, 60, size=(3000, 2))  # ~3 points per window
+    model = MeanShift(bandwidth=1.0, neighbors="grid").fit(X)
+    assert model.neighbors_ == "grid"
+
+
+def test_row_sums_on_request_in_3d(assert_same_clustering):
+    X, _ = make_blobs(800, n_features=3, centers=4, random_state=2)
+    rows = MeanShift(bandwidth=1.3, neighbors="grid", neighbor_options={"row_sums": True}).fit(X)
+    dense = MeanShift(bandwidth=1.3, neighbors="dense").fit(X)
+    assert_same_clustering(dense.cluster_centers_, dense.labels_, rows.cluster_centers_, rows.labels_,
+                           atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (dict(kernel="gaussian", neighbor_options={"row_sums": True}), "needs kernel='flat'"),
+        (dict(neighbor_options={"row_sums": "yes"}), "'auto', True or False"),
+    ],
+)
+def test_row_sums_option_errors(params, message):
+    X, _ = make_blobs(100, n_features=2, centers=2, random_state=0)
+    with pytest.raises(ValueError, match=message):
+        MeanShift(bandwidth=1.0, neighbors="grid", **params).fit(X)
+
+
+def test_row_sums_refuse_more_than_three_features():
+    X, _ = make_blobs(100, n_features=4, centers=2, random_state=0)
+    with pytest.raises(ValueError, match="at most 3 features"):
+        MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options={"row_sums": True}).fit(X)
+
+
+def test_sample_weights_equal_repeated_rows_with_row_sums(assert_same_clustering):
+    rng = np.random.RandomState(4)
+    X, _ = make_blobs(600, n_features=2, centers=3, random_state=4)
+    w = rng.randint(0, 3, size=len(X))
+    weighted = MeanShift(bandwidth=1.0, neighbors="grid", bin_seeding=True).fit(X, sample_weight=w.astype(float))
+    repeated = MeanShift(bandwidth=1.0, neighbors="grid", bin_seeding=True).fit(np.repeat(X, w, axis=0))
+    np.testing.assert_allclose(weighted.cluster_centers_, repeated.cluster_centers_, rtol=0, atol=1e-10)
+
+
+def test_out_of_memory_shrinks_the_row_sum_batches(monkeypatch, assert_same_clustering):
+    original = _rowsum.rowsum_step
+    budgets = []
+
+    def tight_memory(seeds, index, *, max_pairs):
+        budgets.append(max_pairs)
+        if max_pairs > 100_000:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(seeds, index, max_pairs=max_pairs)
+
+    monkeypatch.setattr(_neighbors, "rowsum_step", tight_memory)
+    X, _ = make_blobs(3000, n_features=2, centers=3, cluster_std=0.5, random_state=1)
+    shrunk = MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options={"row_sums": True}).fit(X)
+    assert budgets[0] > 100_000 and min(budgets) <= 100_000
+    monkeypatch.setattr(_neighbors, "rowsum_step", original)
+    plain = MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options={"row_sums": True}).fit(X)
+    assert_same_clustering(plain.cluster_centers_, plain.labels_, shrunk.cluster_centers_, shrunk.labels_,
+                           atol=1e-12, rtol=0)
+
+
+def test_data_spanning_too_many_bandwidths_fall_back_to_the_batched_grid(monkeypatch):
+    rng = np.random.RandomState(0)
+    X = np.vstack([rng.normal(0, 0.3, (300, 2)), rng.normal(0, 0.3, (300, 2)) + [4e14, 0]])
+    with pytest.raises(OverflowError, match="row_sums': False"):
+        MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options={"row_sums": True}).fit(X)
+    monkeypatch.setattr(_neighbors, "_ROW_SUMS_MIN_WINDOW", 0)  # "auto" would want row sums
+    model = MeanShift(bandwidth=1.0, neighbors="grid").fit(X)
+    assert len(model.cluster_centers_) == 2

@@ -278,13 +278,18 @@ def supports_neighbors() -> bool:
     return "neighbors" in MeanShift().get_params()
 
 
-def _ours(kernel: str, neighbors: str, *, bin_seeding: bool = False, algorithm: str = "standard"):
+def _ours(
+    kernel: str, neighbors: str, *, bin_seeding: bool = False, algorithm: str = "standard",
+    neighbor_options: dict | None = None,
+):
     def fit(data: CaseData, bandwidth: float) -> FitOutput:
         from meanshift_gpu import MeanShift
 
         options = {}
         if supports_neighbors():
             options["neighbors"] = neighbors
+            if neighbor_options:
+                options["neighbor_options"] = neighbor_options
         h = bandwidth if kernel == "flat" else gaussian_sigma(bandwidth)
         model = MeanShift(
             bandwidth=h, kernel=kernel, bin_seeding=bin_seeding, algorithm=algorithm,
@@ -321,6 +326,10 @@ def all_methods() -> list[Method]:
         for neighbors in NEIGHBOR_METHODS:
             fit, unavailable = _ours(kernel, neighbors)
             methods.append(Method(f"ours {kernel} {neighbors}", "ours", kernel, fit, unavailable))
+    # The grid's flat step runs as row prefix sums in 1-D/2-D; this row keeps
+    # the batched per-cell step, to show what the row sums bring.
+    fit, unavailable = _ours("flat", "grid", neighbor_options={"row_sums": False})
+    methods.append(Method("ours flat grid batched", "ours", "flat", fit, unavailable))
     fit, unavailable = _ours("flat", "dense", bin_seeding=True)
     methods.append(Method("ours flat dense bin_seeding", "ours", "flat", fit, unavailable))
     fit, unavailable = _ours("gaussian", "dense", algorithm="blurring")

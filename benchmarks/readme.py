@@ -29,6 +29,7 @@ HEADLINE_METHODS = [
     "faiss kNN",
     "ours flat dense",
     "ours flat grid",
+    "ours flat grid batched",
     "ours flat auto",
     "ours flat faiss",
     "ours flat lsh",

@@ -191,3 +191,16 @@ def test_data_spanning_too_many_bandwidths_fall_back_to_the_batched_grid(monkeyp
     monkeypatch.setattr(_neighbors, "_ROW_SUMS_MIN_WINDOW", 0)  # "auto" would want row sums
     model = MeanShift(bandwidth=1.0, neighbors="grid").fit(X)
     assert len(model.cluster_centers_) == 2
+
+
+def test_window_estimate_and_cells_per_bandwidth():
+    from meanshift_gpu._grid import GridIndex
+
+    gen = torch.Generator().manual_seed(0)
+    data = torch.rand(20000, 2, generator=gen, dtype=torch.float64) * 60.0  # ~17 points per unit disc
+    estimate = _neighbors.mean_window(GridIndex(data, 1.0, None))
+    measured = float(rowsum_step(data[:2000], RowSumIndex(data, None)).log_density.exp().mean())
+    assert 0.8 * measured <= estimate <= 1.2 * measured
+    cells = [_neighbors.row_cells(2, w) for w in (10, 400, 3000, 1e6)]
+    assert cells == sorted(cells) and cells[0] == 6 and cells[-1] == 24
+    assert _neighbors.row_cells(3, 5000) == _rowsum.ROW_CELLS[3]

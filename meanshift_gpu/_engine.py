@@ -115,7 +115,9 @@ def _progress(total: int, verbose: bool, desc: str):
 
 # Below this many moving seeds, looking for exact duplicates costs more than it saves.
 _DEDUP_MIN_SEEDS = 2048
-_ROUNDING_ULPS = 8
+_ROUNDING_ULPS = 2
+_MIX_1 = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed int64
+_MIX_2 = -4658895280553007687  # 0xBF58476D1CE4E5B9
 
 
 def distinct_rows(rows: torch.Tensor, tag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,7 +140,11 @@ def distinct_rows(rows: torch.Tensor, tag: torch.Tensor) -> tuple[torch.Tensor, 
     bits = torch.cat([rows.contiguous().view(integer).long(), tag.long()[:, None]], 1)
     key = torch.zeros(rows.shape[0], dtype=torch.long, device=rows.device)
     for column in bits.unbind(1):
-        key = (key * 1_000_003) ^ column  # int64 arithmetic wraps: fine for a hash
+        # splitmix64-style mixing (int64 arithmetic wraps, shifts are
+        # arithmetic: fine for a hash): low and high bits both spread out.
+        key = (key ^ column) * _MIX_1
+        key = (key ^ (key >> 31)) * _MIX_2
+        key = key ^ (key >> 29)
     _, group, counts = torch.unique(key, return_inverse=True, return_counts=True)
     first = torch.full((counts.numel(),), rows.shape[0], dtype=torch.long, device=rows.device)
     first.scatter_reduce_(0, group, torch.arange(rows.shape[0], device=rows.device), "amin")
@@ -214,8 +220,8 @@ def ascend_seeds(
             new_positions, new_log_density = new_positions[inverse], new_log_density[inverse]
         empty = torch.isneginf(new_log_density)
         shift = torch.linalg.vector_norm(new_positions - old, dim=1)
-        # A shift of a few units in the last place is a fixed point reached up to
-        # rounding (the batched matmul may round one row differently when the
+        # A shift of a unit or two in the last place is a fixed point reached up
+        # to rounding (the batched matmul may round one row differently when the
         # batch around it changes): it stops the seed even with tol=0.
         at_rest = shift <= _ROUNDING_ULPS * torch.finfo(old.dtype).eps * (old.abs().amax(1) + 1.0)
         done = (shift <= config.tol) | at_rest | (n_iter[active] >= config.max_iter) | empty

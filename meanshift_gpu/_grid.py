@@ -23,6 +23,10 @@ from ._reference import StepResult
 
 # Keys are int64; keep the padded box well inside that range.
 _MAX_KEY_SPACE = 1 << 62
+_TOO_LARGE = (
+    "the data span too many bandwidths for 64-bit grid cell keys; use neighbors='dense' "
+    "(or 'auto', which falls back to it)"
+)
 
 
 class GridIndex:
@@ -41,12 +45,16 @@ class GridIndex:
     def __init__(self, data: torch.Tensor, cell_size: float, weights: torch.Tensor | None = None):
         self.cell_size = float(cell_size)
         self.n_features = data.shape[1]
+        if data.numel() and float(data.abs().max()) / self.cell_size >= 2.0**52:
+            raise OverflowError(_TOO_LARGE)
         cells = torch.floor(data / self.cell_size).long()
         self.cell_min = cells.amin(0)
         self.cell_max = cells.amax(0)
         extent = self.cell_max - self.cell_min + 5  # two padding cells each side
-        if math.prod(int(e) for e in extent.tolist()) >= _MAX_KEY_SPACE:
-            raise OverflowError("the grid is too large for 64-bit cell keys")
+        # Python ints: the product must not wrap around as an int64 would.
+        span = [hi - lo + 5 for lo, hi in zip(self.cell_min.tolist(), self.cell_max.tolist())]
+        if math.prod(span) >= _MAX_KEY_SPACE:
+            raise OverflowError(_TOO_LARGE)
         self.origin = self.cell_min - 2
         strides = torch.ones_like(extent)
         for j in range(self.n_features - 2, -1, -1):

@@ -50,6 +50,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ._backends import Blocks
@@ -84,6 +85,7 @@ _GRID_MAX_INDICES = 1 << 24
 # Smallest starting tile (CPU: 256 seeds x 4096 points); see pair_budget.
 _TILE_ELEMENTS_AT_START = 1 << 20
 _ROW_SUMS_MIN_WINDOW = 400  # mean points per window, estimated from the grid
+_ROW_CELLS_16_FROM = 1500
 
 
 def check_neighbor_options(options: dict | None) -> dict:
@@ -106,7 +108,9 @@ def check_neighbor_options(options: dict | None) -> dict:
             raise ValueError(f"neighbor_options[{key!r}] must be >= 1, got {merged[key]!r}")
     if not merged["bucket_width"] > 0:
         raise ValueError(f"neighbor_options['bucket_width'] must be > 0, got {merged['bucket_width']!r}")
-    if merged["row_sums"] not in ("auto", True, False):
+    if isinstance(merged["row_sums"], np.bool_):
+        merged["row_sums"] = bool(merged["row_sums"])
+    if not (merged["row_sums"] == "auto" or isinstance(merged["row_sums"], bool)):
         raise ValueError(
             f"neighbor_options['row_sums'] must be 'auto', True or False, got {merged['row_sums']!r}"
         )
@@ -162,8 +166,11 @@ def choose_method(
     if n_seeds * n_points <= _AUTO_DENSE_PAIRS.get(device.type, _AUTO_DENSE_PAIRS["cpu"]):
         return "dense"
     if n_features <= _GRID_MAX_FEATURES:
-        if grid is None or grid_fraction(grid()) <= _GRID_MAX_FRACTION:
-            return "grid"
+        try:
+            if grid is None or grid_fraction(grid()) <= _GRID_MAX_FRACTION:
+                return "grid"
+        except OverflowError:  # data spanning ~1e15 bandwidths: no grid keys
+            return "dense"
     return "dense"
 
 
@@ -345,16 +352,16 @@ def mean_window(index: GridIndex) -> float:
 
 
 def row_cells(n_features: int, window: float) -> int:
-    """Cells per bandwidth across the rows for a mean window of ``window`` points.
+    """Cells per bandwidth across the rows (a power of two) for a mean window of ``window`` points.
 
     More cells narrow the band of tested points (~ window / m) but add rows
-    (~ m in 2-D).  On 2 CPU cores the best m on uniform 2-D data was 8 at
-    300-1,000 points per window, 16-24 at 3,000 and 12-24 at 10,000; this rule
-    follows those.  Other dimensions use ``ROW_CELLS``.
+    (~ m in 2-D).  On 2 CPU cores, uniform 2-D data: m = 8 was best at 300-1,000
+    points per window, m = 16 at 3,000-10,000 (24 was no better).  Other
+    dimensions use ``ROW_CELLS``.
     """
     if n_features != 2:
         return ROW_CELLS[n_features]
-    return int(min(24, max(6, round(math.sqrt(window / 12)))))
+    return 8 if window < _ROW_CELLS_16_FROM else 16
 
 
 def _use_row_sums(choice, kernel: str, n_features: int, blocked_step, grid: Callable[[], GridIndex]) -> bool:

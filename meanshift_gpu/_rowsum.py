@@ -48,11 +48,15 @@ __all__ = ["RowSumIndex", "rowsum_step", "ROW_CELLS", "ROWSUM_MAX_FEATURES"]
 
 # Cells per bandwidth across the rows, by dimension: more cells narrow the
 # tested band (~ 1/m of the ball) but add rows per seed (~ m**(d - 1)).
-ROW_CELLS = {1: 1, 2: 8, 3: 4}
+ROW_CELLS = {1: 1, 2: 8, 3: 4}  # powers of two: cell bounds are exact
 ROWSUM_MAX_FEATURES = 3
 # Squared-distance margin between the summed interior and the ball's edge.
 _INTERIOR_MARGIN = 1e-5
 _MAX_KEY_SPACE = 1 << 62
+_TOO_WIDE = (
+    "the data span too many bandwidths for the row sums' 64-bit keys and sums; "
+    "use neighbor_options={'row_sums': False}"
+)
 
 
 class RowSumIndex:
@@ -83,8 +87,14 @@ class RowSumIndex:
             raise ValueError(f"row sums support 1 to {ROWSUM_MAX_FEATURES} features, got {d}")
         self.n_features = d
         self.m = int(cells_per_unit or ROW_CELLS[d])
+        if self.m < 1 or self.m & (self.m - 1):
+            # Powers of two keep ``floor(x * m)`` and the cell bounds ``c / m`` exact.
+            raise ValueError(f"cells_per_unit must be a power of two, got {cells_per_unit!r}")
         device = data.device
         z = data.to(torch.float64)
+        largest = float(z.abs().max()) if n else 0.0
+        if largest * self.m >= 2.0**52:
+            raise OverflowError(_TOO_WIDE)
         cells = torch.floor(z[:, 1:] * self.m).long()
         reach = self.m + 2  # cells a seed's rows may be away from its own, plus one
         if n:
@@ -94,9 +104,7 @@ class RowSumIndex:
         self.origin = lo - reach
         extent = hi - lo + 2 * reach + 1
         if math.prod(int(e) for e in extent.tolist()) >= _MAX_KEY_SPACE:
-            raise OverflowError(
-                "the row grid is too large for 64-bit keys; use neighbor_options={'row_sums': False}"
-            )
+            raise OverflowError(_TOO_WIDE)
         self.cell_lo, self.cell_hi = lo - reach + 1, hi + reach - 1
         strides = torch.ones(d - 1, dtype=torch.long, device=device)
         for j in range(d - 3, -1, -1):
@@ -118,14 +126,12 @@ class RowSumIndex:
         self.span = (float(x0.max()) - self.x0_min if n else 0.0) + 8.0
         self.composite = rank.to(torch.float64) * self.span + (x0 - self.x0_min + 4.0)
         top = self.row_keys.numel() * self.span
-        self.key_eps = 16.0 * math.ulp(max(top, 1.0))
+        # Queries ``x_0 +- w`` round at the size of x_0 itself before the key is formed.
+        self.key_eps = 16.0 * (math.ulp(max(top, 1.0)) + math.ulp(largest + 2.0))
         if self.key_eps > 0.5:  # rows (``span`` apart) would blur into each other
-            raise OverflowError(
-                "the data span too many bandwidths for the row sums' float64 keys; "
-                "use neighbor_options={'row_sums': False}"
-            )
+            raise OverflowError(_TOO_WIDE)
         self.weights = None if weights is None else weights[order].contiguous()
-        self.summands, self.coord_scale, self.weight_scale = _summands(z[order], self.weights)
+        self.summands, self.coord_scales, self.weight_scale, self.weight_unit = _summands(z[order], self.weights)
         self.prefix = torch.zeros(n + 1, d + 1, dtype=self.summands.dtype, device=device)
         torch.cumsum(self.summands, 0, out=self.prefix[1:])
         offsets = list(itertools.product(range(-self.m - 1, self.m + 2), repeat=d - 1))
@@ -164,6 +170,8 @@ def _step(seeds, index, accumulate, max_pairs) -> StepResult:
     if d != index.n_features:
         raise ValueError(f"seeds have {d} features, the index {index.n_features}")
     device = seeds.device
+    if index.points.shape[0] == 0:
+        return StepResult(seeds.clone(), torch.full((n_seeds,), -math.inf, dtype=seeds.dtype, device=device))
     # Seeds in the data's (row, x_0) order: neighbouring seeds search and
     # read neighbouring stretches of the sorted data.
     own = torch.floor(seeds[:, 1:].to(torch.float64) * index.m).long()
@@ -180,9 +188,10 @@ def _step(seeds, index, accumulate, max_pairs) -> StepResult:
     count = acc[:, -1]
     empty = count <= 0
     safe = torch.where(empty, 1, count).to(torch.float64)
-    means = (acc[:, :-1].to(torch.float64) / index.coord_scale) / (safe[:, None] / index.weight_scale)
+    means = (acc[:, :-1].to(torch.float64) / index.coord_scales) / (safe[:, None] / index.weight_scale)
     positions = torch.where(empty[:, None], seeds, means.to(seeds.dtype))
-    log_density = torch.where(empty, -math.inf, torch.log(safe / index.weight_scale)).to(seeds.dtype)
+    total = safe / index.weight_scale * index.weight_unit
+    log_density = torch.where(empty, -math.inf, torch.log(total)).to(seeds.dtype)
     return StepResult(positions, log_density)
 
 
@@ -272,38 +281,71 @@ def _test_band(seeds, index, acc, starts, lengths, owners) -> None:
     acc.index_add_(0, owner[hit], index.summands[point[hit]])
 
 
-def _summands(z: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, float, float]:
-    """Int64 fixed-point rows ``[w x, w]`` to be summed, and the scales of ``w x`` and ``w``.
+def _summands(z: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """Int64 fixed-point rows ``[w x, w]`` to be summed, the scales of ``w x`` and ``w``, and the weight unit.
+
+    The sums are in units of ``weight_unit`` (the largest weight, or 1):
+    ``sum w = count / weight_scale * weight_unit``.
 
     Integer sums do not depend on the order of summation: two seeds whose
     windows hold the same points get bit-identical means (so the engine
     steps them once from then on), chunking cannot change a result, and a
-    difference of running sums carries no cancellation error.  Each scale is
-    the largest power of two for which the total cannot overflow, so ``x``
-    is kept to about ``2**-62`` of the data's total mass.  Integer weights
-    multiply the rounded ``x`` (exactly like repeated rows); other weights
-    are rounded with ``w x``, and a positive weight never rounds to zero.
+    difference of running sums carries no cancellation error.  Weights are
+    divided by the largest one, and every feature gets its own power-of-two
+    scale, the largest for which its total cannot overflow.  Unweighted data
+    and small integer weights count exactly (integer weights multiply the
+    rounded ``x``, like repeated rows).
+
+    Raises OverflowError where fixed point would lose precision that the
+    dense float step keeps: a feature whose resolution would be coarser than
+    ``2**-_MIN_FRACTION_BITS`` bandwidths, or positive weights more than
+    ``2**_MAX_WEIGHT_RANGE_BITS`` apart.
     """
-    n = z.shape[0]
-    w = None if weights is None else weights.to(torch.float64)
-    integer = w is None or bool(((w == torch.round(w)) & (w <= 2.0**40)).all())
-    total_weight = float(n if w is None else w.sum())
-    if integer:
-        largest = float(z.abs().max()) if n else 0.0
-        coord_scale = _fixed_point_scale(total_weight * largest)
-        fixed = torch.round(z * coord_scale).long()
-        count = torch.ones(n, 1, dtype=torch.long, device=z.device) if w is None else w.long()[:, None]
-        return torch.cat([fixed * count, count], dim=1), coord_scale, 1.0
-    coord_scale = _fixed_point_scale(float((z.abs() * w[:, None]).sum(0).max()))
-    weight_scale = _fixed_point_scale(total_weight)
-    fixed = torch.round(z * w[:, None] * coord_scale).long()
-    count = torch.round(w * weight_scale).long()
-    count = torch.where((w > 0) & (count == 0), 1, count)
-    return torch.cat([fixed, count[:, None]], dim=1), coord_scale, weight_scale
+    n, d = z.shape
+    unit = 1.0
+    if weights is None:
+        w = torch.ones(n, dtype=torch.float64, device=z.device)
+        counts = torch.ones(n, dtype=torch.long, device=z.device)
+        weight_scale = 1.0
+    else:
+        w = weights.to(torch.float64)
+        top = float(w.max()) if n else 1.0
+        positive = w[w > 0]
+        if positive.numel() and float(positive.min()) < top * 2.0**-_MAX_WEIGHT_RANGE_BITS:
+            raise OverflowError(
+                f"sample weights span more than 2**{_MAX_WEIGHT_RANGE_BITS}, beyond the row sums' "
+                "fixed point; use neighbor_options={'row_sums': False}"
+            )
+        small_integers = bool(((w == torch.round(w)) & (w <= 2.0**20)).all())
+        if small_integers and float(w.sum()) * 2.0**_MIN_FRACTION_BITS < 2.0**62:
+            counts = w.long()
+            weight_scale = 1.0
+        else:
+            unit = max(top, 1e-300)
+            w = w / unit
+            weight_scale = _fixed_point_scale(float(w.sum()))
+            counts = torch.round(w * weight_scale).long()
+    scales = torch.tensor(
+        [_fixed_point_scale(float(t)) for t in (z.abs() * w[:, None]).sum(0).tolist()],
+        dtype=torch.float64, device=z.device,
+    ) if n else torch.full((d,), 2.0**40, dtype=torch.float64, device=z.device)
+    if bool((scales < 2.0**_MIN_FRACTION_BITS).any()):
+        raise OverflowError(_TOO_WIDE)
+    if weights is None or weight_scale == 1.0:
+        fixed = torch.round(z * scales).long() * counts[:, None]
+    else:
+        fixed = torch.round(z * w[:, None] * scales).long()
+    return torch.cat([fixed, counts[:, None]], dim=1), scales, weight_scale, unit
+
+
+# Fixed point must resolve at least this many bits of a bandwidth, and
+# positive weights may span at most this many bits, else the row sums step aside.
+_MIN_FRACTION_BITS = 30
+_MAX_WEIGHT_RANGE_BITS = 16
 
 
 def _fixed_point_scale(total: float) -> float:
-    """Largest ``2**k`` with ``total * 2**k`` (plus rounding) below ``2**62``."""
+    """Largest ``2**k`` with ``total * 2**k`` (plus rounding) below ``2**62``; capped at ``2**80``."""
     if total <= 0.0:
-        return 2.0**40
-    return 2.0 ** math.floor(math.log2(2.0**62 / (total * (1 + 1e-9) + 1.0)))
+        return 2.0**80
+    return 2.0 ** min(80, math.floor(math.log2(2.0**62 / (total * (1 + 1e-9)))))

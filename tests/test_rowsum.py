@@ -17,7 +17,7 @@ def _dense(seeds, data, weights=None):
 
 
 @pytest.mark.parametrize("n_features", [1, 2, 3])
-@pytest.mark.parametrize("cells", [1, 3, 8])
+@pytest.mark.parametrize("cells", [1, 4, 8, 16])
 @pytest.mark.parametrize("weighting", ["none", "integer", "real"])
 def test_step_equals_dense_step(n_features, cells, weighting):
     gen = torch.Generator().manual_seed(10 * n_features + cells)
@@ -140,6 +140,9 @@ def test_row_sums_on_request_in_3d(assert_same_clustering):
     [
         (dict(kernel="gaussian", neighbor_options={"row_sums": True}), "needs kernel='flat'"),
         (dict(neighbor_options={"row_sums": "yes"}), "'auto', True or False"),
+        # 1 == True, but only a real bool asks for row sums.
+        (dict(kernel="epanechnikov", neighbor_options={"row_sums": 1}), "'auto', True or False"),
+        (dict(kernel="epanechnikov", neighbor_options={"row_sums": np.True_}), "needs kernel='flat'"),
     ],
 )
 def test_row_sums_option_errors(params, message):
@@ -202,5 +205,85 @@ def test_window_estimate_and_cells_per_bandwidth():
     measured = float(rowsum_step(data[:2000], RowSumIndex(data, None)).log_density.exp().mean())
     assert 0.8 * measured <= estimate <= 1.2 * measured
     cells = [_neighbors.row_cells(2, w) for w in (10, 400, 3000, 1e6)]
-    assert cells == sorted(cells) and cells[0] == 6 and cells[-1] == 24
+    assert cells == sorted(cells) and cells[0] == 8 and cells[-1] == 16
     assert _neighbors.row_cells(3, 5000) == _rowsum.ROW_CELLS[3]
+
+
+# ------------------------------------------------------------ precision limits (review)
+@pytest.mark.parametrize("scale", [1.0, 1e-9, 1e-20, 1e12])
+def test_real_weights_results_do_not_depend_on_their_unit(scale):
+    gen = torch.Generator().manual_seed(3)
+    data = torch.rand(1000, 2, generator=gen, dtype=torch.float64) * 10 - 5
+    w = (torch.rand(1000, generator=gen, dtype=torch.float64) + 0.5) * scale
+    seeds = data[:200]
+    got = rowsum_step(seeds, RowSumIndex(data, w))
+    want = _dense(seeds, data, w)
+    torch.testing.assert_close(got.positions, want.positions, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got.log_density, want.log_density, rtol=0, atol=1e-9)
+
+
+def test_huge_integer_weights_keep_precision():
+    gen = torch.Generator().manual_seed(4)
+    data = torch.rand(1000, 2, generator=gen, dtype=torch.float64) * 10 - 5
+    w = torch.full((1000,), 2.0**40, dtype=torch.float64)
+    got = rowsum_step(data[:200], RowSumIndex(data, w))
+    torch.testing.assert_close(got.positions, _dense(data[:200], data, w).positions, rtol=0, atol=1e-12)
+
+
+def test_each_feature_keeps_its_own_precision():
+    gen = torch.Generator().manual_seed(5)
+    x0 = torch.rand(400, generator=gen, dtype=torch.float64) * 0.6
+    y = torch.where(torch.arange(400) % 2 == 0, 1e7, -1e7).to(torch.float64)
+    data = torch.stack([x0, y], 1)
+    got = rowsum_step(data, RowSumIndex(data, None))
+    torch.testing.assert_close(got.positions, _dense(data, data).positions, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "data, weights",
+    [
+        # Weights 2**40 apart: beyond the fixed point's range.
+        (torch.tensor([[0.0, 0.0], [0.5, 0.0], [0.2, 0.1]]), torch.tensor([1e-13, 1.0, 1.0])),
+        # Rows 2e18 bandwidths apart: no 64-bit keys.
+        (torch.tensor([[0.0, 2e18, 0.0], [0.5, 2e18, 0.0], [0.0, -2e18, 0.0]], dtype=torch.float64), None),
+    ],
+)
+def test_out_of_range_data_are_refused_not_corrupted(data, weights):
+    with pytest.raises(OverflowError, match="row_sums': False"):
+        RowSumIndex(data, weights)
+
+
+def test_cells_per_bandwidth_must_be_a_power_of_two():
+    with pytest.raises(ValueError, match="power of two"):
+        RowSumIndex(torch.zeros(3, 2), None, 6)
+
+
+def test_empty_data_gives_empty_windows():
+    got = rowsum_step(torch.ones(2, 2), RowSumIndex(torch.zeros(0, 2), None))
+    assert torch.isneginf(got.log_density).all() and torch.equal(got.positions, torch.ones(2, 2))
+
+
+def test_auto_falls_back_where_row_sums_would_lose_precision(monkeypatch, assert_same_clustering):
+    monkeypatch.setattr(_neighbors, "_ROW_SUMS_MIN_WINDOW", 0)
+    monkeypatch.setattr(_neighbors, "rowsum_step", lambda *a, **k: pytest.fail("row sums used"))
+    X, _ = make_blobs(600, n_features=2, centers=3, random_state=0)
+    w = np.random.RandomState(0).uniform(0.5, 1.5, len(X))
+    w[::50] = 1e-12  # a weight range of 2**40
+    grid = MeanShift(bandwidth=1.0, neighbors="grid").fit(X, sample_weight=w)
+    dense = MeanShift(bandwidth=1.0, neighbors="dense").fit(X, sample_weight=w)
+    assert_same_clustering(dense.cluster_centers_, dense.labels_, grid.cluster_centers_, grid.labels_,
+                           atol=1e-10, rtol=1e-10)
+
+
+def test_float32_seeds_far_from_the_centre_still_honour_tol():
+    # At ~1e4 bandwidths a float32 unit in the last place is ~1e-3: moves of a
+    # few of them are real and must not count as rounding noise.
+    base = np.arange(0, 60, 0.002)
+    weights = 1 + 0.05 * base
+    X = np.concatenate([base + 10000, -(base + 10000)])[:, None].astype(np.float32)
+    w = np.concatenate([weights, weights])
+    seeds = np.array([[10030.0]], np.float32)
+    far = MeanShift(bandwidth=1.0, seeds=seeds, max_iter=5, neighbors="grid").fit(X, sample_weight=w)
+    near = MeanShift(bandwidth=1.0, seeds=seeds - 10000, max_iter=5, neighbors="grid").fit(
+        (X[: len(base)] - 10000).astype(np.float32), sample_weight=weights)
+    assert far.n_iter_ == near.n_iter_ == 5

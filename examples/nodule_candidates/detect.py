@@ -20,17 +20,21 @@ and shape):
    ``max_points`` of them are kept (a fixed random subsample).
 5. **5-D mean shift** with per-feature bandwidths: ``bandwidth_mm`` for
    x, y, z (world mm), ``bandwidth_hu`` for the smoothed HU and
-   ``bandwidth_si`` for the shape index, with bin seeding.  A nodule (round,
-   shape index ~1) and the vessel it touches (shape index ~0.75) fall apart
-   along the shape axis even where they touch in space.  When the installed
-   ``meanshift_gpu`` prunes neighbours (a ``neighbors`` parameter), one fit
-   covers the whole scan; otherwise the scan is cut into spatial tiles with a
-   halo of ``3 * bandwidth_mm``, each tile is fitted on its own and modes
-   found in several tiles are merged (the same modes, for far less work:
-   mean shift with a flat kernel never reads points beyond one bandwidth).
-6. **Candidates**: one per cluster, at its mode, scored by
-   :func:`score_clusters` (size, roundness, shape index, intensity); the
-   ``max_candidates`` best are kept.
+   ``bandwidth_si`` for the shape index, with bin seeding (every occupied
+   cell a seed, so 5 mm nodules get one).  A nodule (round, shape index ~1)
+   and the vessel it touches (shape index ~0.75) fall apart along the shape
+   axis even where they touch in space.  The scan is cut into spatial tiles
+   (``tile_mm``) with a halo of ``3 * bandwidth_mm``; each tile is fitted on
+   its own with the library's exact dense pass and modes found in several
+   tiles are merged (the same modes, for far less work: mean shift with a
+   flat kernel never reads points beyond one bandwidth).
+6. **Candidates**: one per cluster, at its mode, with size, intensity,
+   shape, core and neighbourhood statistics (:class:`Clusters`), scored by
+   a gradient-boosted tree ensemble trained on phantoms with other seeds
+   than the evaluation set (:mod:`~examples.nodule_candidates.classifier`;
+   :func:`score_clusters` is the older hand-set score).  Candidates within
+   ``nms_mm`` of a better one are dropped and the ``max_candidates`` best
+   are kept.
 """
 
 from __future__ import annotations
@@ -68,7 +72,11 @@ class DetectorConfig:
         Second scale (on a 2x coarser grid) that fills in the shape index
         where the fine one is undefined; None to skip it.
     voi_hu : float
-        Smoothed HU above which a lung voxel is of interest.
+        Smoothed HU above which a lung voxel is of interest.  -800 rather
+        than a threshold nearer ground glass (-650 HU): smoothing at
+        ``sigma_mm`` pulls a 6-10 mm ground-glass nodule down to about
+        -700 to -780 HU, and at -760 some of them had no voxel of interest
+        at all.
     min_shape_index : float
         Voxels of interest must have at least this shape index.
     max_points : int
@@ -77,12 +85,18 @@ class DetectorConfig:
         Mean-shift bandwidths of the spatial, intensity and shape features.
     min_bin_freq : int
         Bin-seeding cells need at least this many voxels to become seeds.
+        1: the voxels of a 5-8 mm nodule, especially one touching the chest
+        wall, spread over many 5-D cells (their HU runs from the rim to the
+        core), so with 3 no cell of theirs became a seed and the nodule was
+        absorbed by a far-away mode.
     tile_mm : float or None
         Side of the spatial tiles; None fits the whole scan at once.  Tiles
-        keep each fit small enough for the library's exact dense pass; on
-        2 CPU cores 128 mm tiles took 19 s where one fit with
-        ``neighbors="auto"`` (which picks the 5-D grid) took 250-370 s and
-        one with ``neighbors="dense"`` 26 s.
+        keep each fit small enough for the library's exact dense pass
+        (``neighbors="dense"``).  With ``min_bin_freq=1`` (8-15k clusters
+        per scan) the mean shift of an 83k-point 192 x 192 x 96 phantom took
+        150 s with 128 mm tiles, 40 s with 64 mm and 4 s with 48 mm or 32 mm
+        tiles (2 shared CPU cores); with ``neighbors="auto"`` (the 5-D grid
+        for the big tiles) 128 mm tiles took 50-90 s.
     max_candidates : int
         Best-scored candidates kept per scan.
     min_cluster_voxels : int
@@ -95,6 +109,15 @@ class DetectorConfig:
         0 (the default: on the phantoms grouping merged juxtavascular
         nodules into their vessels more often than it helped) keeps every
         mode on its own.
+    nms_mm : float
+        After scoring, a candidate within this distance of a better one is
+        dropped (0 keeps all): mean shift leaves several modes along a vessel
+        or inside a large nodule, and without this they fill the
+        ``max_candidates`` slots.  Nodules closer than this to a better
+        candidate are then found through it only.
+    core_mm : float
+        Radius around the mode of the "core" statistics of a cluster (its
+        members further away were only assigned to it as the nearest mode).
     device : str
         "cpu", "cuda" or "auto" (CUDA when available).
     seed : int
@@ -104,17 +127,19 @@ class DetectorConfig:
     working_mm: float = 1.25
     sigma_mm: float = 2.0
     coarse_sigma_mm: float | None = 4.0
-    voi_hu: float = -760.0
+    voi_hu: float = -800.0
     min_shape_index: float = 0.5
     max_points: int = 150_000
     bandwidth_mm: float = 4.0
     bandwidth_hu: float = 150.0
     bandwidth_si: float = 0.15
-    min_bin_freq: int = 3
-    tile_mm: float | None = 128.0
+    min_bin_freq: int = 1
+    tile_mm: float | None = 48.0
     max_candidates: int = 100
     min_cluster_voxels: int = 4
     group_radius: float = 0.0
+    nms_mm: float = 5.0
+    core_mm: float = 6.0
     device: str = "auto"
     seed: int = 0
 
@@ -140,6 +165,22 @@ class Clusters:
     extent_mm : ndarray of shape (n,)
         Diameter of the uniform ball with the same spatial variance
         (``sqrt(20 * mean variance)``).
+    mode_hu, mode_si : ndarray of shape (n,) or None
+        HU and shape index of the mean-shift mode.
+    hu_std : ndarray of shape (n,) or None
+        Standard deviation of the members' smoothed HU.
+    core_fraction : ndarray of shape (n,) or None
+        Fraction of the members within ``core_mm`` of the candidate position
+        (the others were only assigned to this mode as the nearest one).
+    core_si, core_round : ndarray of shape (n,) or None
+        Mean shape index and cap fraction of those core members.
+    density_3mm, density_6mm, density_10mm : ndarray of shape (n,) or None
+        Fraction of the ball of that radius around the candidate filled with
+        voxels of interest (of any cluster): a blob fills small balls and
+        not large ones, a vessel fills neither, the chest-wall rim both.
+    support_mm3 : ndarray of shape (n,) or None
+        Volume of the voxels inside the mean-shift window (one bandwidth in
+        the scaled 5-D space) around the mode: the kernel density there.
     """
 
     center: np.ndarray
@@ -150,13 +191,23 @@ class Clusters:
     round_fraction: np.ndarray
     elongation: np.ndarray
     extent_mm: np.ndarray
+    mode_hu: np.ndarray | None = None
+    mode_si: np.ndarray | None = None
+    hu_std: np.ndarray | None = None
+    core_fraction: np.ndarray | None = None
+    core_si: np.ndarray | None = None
+    core_round: np.ndarray | None = None
+    density_3mm: np.ndarray | None = None
+    density_6mm: np.ndarray | None = None
+    density_10mm: np.ndarray | None = None
+    support_mm3: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.center)
 
     def take(self, index) -> "Clusters":
         """The clusters at ``index`` (an index array or boolean mask)."""
-        return Clusters(**{k: v[index] for k, v in asdict(self).items()})
+        return Clusters(**{k: None if v is None else v[index] for k, v in asdict(self).items()})
 
 
 @dataclass
@@ -347,7 +398,11 @@ def library_prunes_neighbors() -> bool:
 
 def _estimator(bandwidth: np.ndarray, config: DetectorConfig, **params) -> MeanShift:
     if library_prunes_neighbors():
-        params["neighbors"] = "auto"
+        # "dense", not "auto": above 2.5e7 seed-point pairs "auto" switches
+        # to the 5-D grid, which on these tiles (thousands of seeds since
+        # min_bin_freq=1) took 50-90 s per scan where the exact dense pass
+        # took 1-5 s on the same 2 CPU cores.
+        params["neighbors"] = "dense"
     return MeanShift(bandwidth=bandwidth, device=config.device, **params)
 
 
@@ -474,7 +529,13 @@ def group_modes(centers: np.ndarray, config: DetectorConfig) -> np.ndarray:
 
 
 def cluster_statistics(
-    X: np.ndarray, centers: np.ndarray | None, labels: np.ndarray, voxel_volume: float
+    X: np.ndarray,
+    centers: np.ndarray | None,
+    labels: np.ndarray,
+    voxel_volume: float,
+    *,
+    bandwidth: np.ndarray | None = None,
+    core_mm: float = 6.0,
 ) -> Clusters:
     """Size, intensity, shape and spread of every cluster.
 
@@ -483,12 +544,18 @@ def cluster_statistics(
     X : ndarray of shape (n, 5)
         Voxel features (x, y, z, HU, shape index).
     centers : ndarray of shape (n_clusters, >= 3) or None
-        Cluster positions; None places each at the centroid of its voxels
-        (for groups of modes).
+        Cluster positions (the mean-shift modes, 5 columns, for the mode
+        statistics); None places each at the centroid of its voxels (for
+        groups of modes).
     labels : ndarray of shape (n,)
         Cluster of each voxel (-1: none).
     voxel_volume : float
         mm^3 that one point stands for.
+    bandwidth : ndarray of shape (5,), optional
+        Mean-shift bandwidths; with it the optional statistics (mode, core,
+        density, support; what the trained scorer reads) are filled in.
+    core_mm : float, default=6.0
+        Radius of the core around the candidate position.
 
     Returns
     -------
@@ -524,8 +591,9 @@ def cluster_statistics(
     elongation = np.sqrt((eig[:, 2] + 1e-2) / (eig[:, 0] + 1e-2))
     # A uniform ball of diameter D has per-axis variance D^2 / 20.
     extent = np.sqrt(20.0 * eig.mean(1))
-    return Clusters(
-        center=mean_xyz if centers is None else np.asarray(centers[:, :3], np.float64),
+    position = mean_xyz if centers is None else np.asarray(centers[:, :3], np.float64)
+    clusters = Clusters(
+        center=position,
         n_voxels=count,
         volume_mm3=count * voxel_volume,
         mean_hu=mean(pts[:, 3]),
@@ -534,6 +602,30 @@ def cluster_statistics(
         elongation=elongation,
         extent_mm=extent,
     )
+    if bandwidth is None or n == 0:
+        return clusters
+    from scipy.spatial import cKDTree
+
+    bandwidth = np.asarray(bandwidth, np.float64)
+    if centers is not None and np.asarray(centers).shape[1] >= 5:
+        modes = np.asarray(centers[:, :5], np.float64)
+    else:
+        modes = np.column_stack([position, clusters.mean_hu, clusters.mean_si])
+    hu, si = pts[:, 3], pts[:, 4]
+    clusters.mode_hu, clusters.mode_si = modes[:, 3].copy(), modes[:, 4].copy()
+    clusters.hu_std = np.sqrt(np.maximum(mean(hu * hu) - clusters.mean_hu**2, 0.0))
+    core = (np.linalg.norm(pts[:, :3] - position[lab], axis=1) < core_mm).astype(np.float64)
+    clusters.core_fraction = mean(core)
+    n_core = np.maximum(np.bincount(lab, weights=core, minlength=n), 1)
+    clusters.core_si = np.bincount(lab, weights=core * si, minlength=n) / n_core
+    clusters.core_round = np.bincount(lab, weights=core * (si >= 0.875), minlength=n) / n_core
+    tree = cKDTree(np.asarray(X[:, :3], np.float64))
+    for radius in (3, 6, 10):
+        inside = tree.query_ball_point(position, float(radius), return_length=True)
+        setattr(clusters, f"density_{radius}mm", inside * voxel_volume / (4.0 / 3.0 * np.pi * radius**3))
+    window = cKDTree(np.asarray(X, np.float64) / bandwidth)
+    clusters.support_mm3 = window.query_ball_point(modes / bandwidth, 1.0, return_length=True) * voxel_volume
+    return clusters
 
 
 def score_clusters(clusters: Clusters) -> np.ndarray:
@@ -567,11 +659,76 @@ def score_clusters(clusters: Clusters) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logit))
 
 
+def find_clusters(scan: Scan, config: DetectorConfig | None = None, timings: dict | None = None):
+    """Every mean-shift cluster of a scan with its statistics, unscored and unsorted.
+
+    Parameters
+    ----------
+    scan : Scan
+        CT scan in HU.
+    config : DetectorConfig, optional
+        Settings; the defaults when None.
+    timings : dict, optional
+        Filled with the seconds per stage up to "mean_shift".
+
+    Returns
+    -------
+    clusters : Clusters
+        Clusters with at least ``config.min_cluster_voxels`` voxels.
+    n_points : int
+        Voxels that went into mean shift.
+    n_clusters : int
+        Clusters before the size filter.
+    """
+    config = config or DetectorConfig()
+    timings = {} if timings is None else timings
+    X, voxel_volume, _, _ = voxel_features(scan, config, timings)
+    t0 = time.perf_counter()
+    centers, labels = mean_shift_clusters(X, config)
+    timings["mean_shift"] = time.perf_counter() - t0
+    bandwidth = np.array([config.bandwidth_mm] * 3 + [config.bandwidth_hu, config.bandwidth_si])
+    if config.group_radius > 0:
+        group = group_modes(centers, config)
+        labels = np.where(labels >= 0, group[np.maximum(labels, 0)], -1)
+        centers = None  # a group sits at the centroid of its voxels
+    clusters = cluster_statistics(X, centers, labels, voxel_volume, bandwidth=bandwidth, core_mm=config.core_mm)
+    n_clusters = len(clusters)
+    clusters = clusters.take(clusters.n_voxels >= config.min_cluster_voxels)
+    return clusters, len(X), n_clusters
+
+
+def suppress_near(center: np.ndarray, scores: np.ndarray, radius_mm: float) -> np.ndarray:
+    """Indices best first, without those within ``radius_mm`` of a better kept one.
+
+    Examples
+    --------
+    >>> c = np.array([[0.0, 0, 0], [3.0, 0, 0], [10.0, 0, 0]])
+    >>> suppress_near(c, np.array([0.5, 0.9, 0.1]), 5.0).tolist()
+    [1, 2]
+    >>> suppress_near(c, np.array([0.5, 0.9, 0.1]), 0.0).tolist()
+    [1, 0, 2]
+    """
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    if radius_mm <= 0 or len(order) == 0:
+        return order
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(np.asarray(center, np.float64))
+    suppressed = np.zeros(len(order), bool)
+    keep = []
+    for i in order:
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed[tree.query_ball_point(center[i], radius_mm)] = True
+    return np.asarray(keep, np.int64)
+
+
 def detect_candidates(
     scan: Scan,
     config: DetectorConfig | None = None,
     *,
-    scorer: Callable[[Clusters], np.ndarray] = score_clusters,
+    scorer: Callable[[Clusters], np.ndarray] | None = None,
 ) -> Detection:
     """Nodule candidates of one scan, best first.
 
@@ -581,8 +738,10 @@ def detect_candidates(
         CT scan in HU (see :func:`~examples.nodule_candidates.io.read_scan`).
     config : DetectorConfig, optional
         Settings; the defaults when None.
-    scorer : callable, default=score_clusters
-        Maps :class:`Clusters` to scores (higher is more nodule-like).
+    scorer : callable, optional
+        Maps :class:`Clusters` to scores (higher is more nodule-like); by
+        default the trained model shipped with the example
+        (:func:`~examples.nodule_candidates.classifier.default_scorer`).
 
     Returns
     -------
@@ -599,23 +758,19 @@ def detect_candidates(
     True
     """
     config = config or DetectorConfig()
+    if scorer is None:
+        from .classifier import default_scorer
+
+        scorer = default_scorer()
     timings: dict = {}
-    X, voxel_volume, work, _ = voxel_features(scan, config, timings)
-    t0 = time.perf_counter()
-    centers, labels = mean_shift_clusters(X, config)
+    clusters, n_points, n_clusters = find_clusters(scan, config, timings)
     t1 = time.perf_counter()
-    group = group_modes(centers, config)
-    labels = np.where(labels >= 0, group[np.maximum(labels, 0)], -1)
-    clusters = cluster_statistics(X, None, labels, voxel_volume)
-    n_clusters = len(clusters)
-    clusters = clusters.take(clusters.n_voxels >= config.min_cluster_voxels)
     scores = np.asarray(scorer(clusters), np.float64)
-    order = np.argsort(-scores, kind="stable")[: config.max_candidates]
+    order = suppress_near(clusters.center, scores, config.nms_mm)[: config.max_candidates]
     clusters = clusters.take(order)
     candidates = [
         Finding(scan.seriesuid, *map(float, clusters.center[i]), float(scores[k]))
         for i, k in enumerate(order)
     ]
-    timings["mean_shift"] = t1 - t0
     timings["scoring"] = time.perf_counter() - t1
-    return Detection(candidates, clusters, timings, n_points=len(X), n_clusters=n_clusters)
+    return Detection(candidates, clusters, timings, n_points=n_points, n_clusters=n_clusters)

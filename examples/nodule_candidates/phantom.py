@@ -137,6 +137,14 @@ class _Anatomy:
         lung_cx, lung_cy = 0.215 * fx, -0.01 * fx
         lung_a = min(lung_a, body_a - fat - wall - lung_cx)
         lung_b = min(lung_b, body_b - fat - wall - abs(lung_cy))
+        # The two limits above only keep the lung's extreme x and y inside
+        # the wall; the body is an ellipse, so the lung's back and front
+        # corners still cut into the fat, and in thin patients through the
+        # skin: the lungs then joined the air outside and no lung mask was
+        # found.  Shrink the lung (the least that does it) until its whole
+        # outline is inside the fat layer.
+        shrink = _inside_scale(lung_cx, lung_cy, lung_a, lung_b, body_a - fat, body_b - fat)
+        lung_a, lung_b = lung_a * shrink, lung_b * shrink
         n_waves = 8
         wavelength = rng.uniform(25.0, 70.0, n_waves)
         direction = rng.normal(size=(n_waves, 3))
@@ -188,6 +196,31 @@ class _Anatomy:
         for kx, ky, kz, phase, amp in self.waves:
             value = value + amp * np.cos(kx * X + ky * Y + kz * z + phase)
         return value
+
+
+def _inside_scale(cx: float, cy: float, a: float, b: float, outer_a: float, outer_b: float) -> float:
+    """Largest ``s <= 1`` such that the ellipse ``(cx, cy, s a, s b)`` lies inside ``(0, 0, outer_a, outer_b)``.
+
+    Examples
+    --------
+    >>> round(_inside_scale(0.0, 0.0, 2.0, 1.0, 1.0, 1.0), 3)
+    0.5
+    >>> _inside_scale(0.0, 0.0, 1.0, 1.0, 2.0, 2.0)
+    1.0
+    """
+    t = np.linspace(0.0, 2.0 * np.pi, 720, endpoint=False)
+
+    def reach(s: float) -> float:
+        x, y = cx + s * a * np.cos(t), cy + s * b * np.sin(t)
+        return float(np.max((x / outer_a) ** 2 + (y / outer_b) ** 2))
+
+    if reach(1.0) <= 1.0:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(40):  # bisection: reach() grows with s while the center is inside
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if reach(mid) <= 1.0 else (lo, mid)
+    return lo
 
 
 def _soft(level: np.ndarray, width: float) -> np.ndarray:

@@ -514,7 +514,7 @@ def _resolve_neighbors(est, n_seeds, n_points, n_features, device, point_bandwid
         return "dense"
     return choose_method(
         est.neighbors, n_seeds=n_seeds, n_points=n_points, n_features=n_features,
-        device=device, grid=grid,
+        device=device, grid=grid, kernel=est.kernel,
     )
 
 

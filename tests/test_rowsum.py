@@ -287,3 +287,14 @@ def test_float32_seeds_far_from_the_centre_still_honour_tol():
     near = MeanShift(bandwidth=1.0, seeds=seeds - 10000, max_iter=5, neighbors="grid").fit(
         (X[: len(base)] - 10000).astype(np.float32), sample_weight=weights)
     assert far.n_iter_ == near.n_iter_ == 5
+
+
+def test_auto_size_table_prefers_the_exact_grid_earlier_in_2d():
+    cpu = torch.device("cpu")
+    spread = torch.randn(2000, 2, dtype=torch.float64) * 30
+    pick = lambda **kw: _neighbors.choose_method(  # noqa: E731
+        "auto", n_seeds=5000, n_points=5000, device=cpu, grid=lambda: _neighbors.GridIndex(spread, 1.0), **kw
+    )
+    assert pick(n_features=2) == "grid"
+    assert pick(n_features=2, kernel="gaussian") == "dense"  # truncation: keep the exact pass
+    assert pick(n_features=3) == "dense"

@@ -373,7 +373,7 @@ def row_cells(n_features: int, window: float) -> int:
     return 8 if window < _ROW_CELLS_16_FROM else 16
 
 
-def _use_row_sums(choice, kernel: str, n_features: int, blocked_step, grid: Callable[[], GridIndex]) -> bool:
+def _use_row_sums(choice, kernel: str, n_features: int, blocked_step, window: Callable[[], float]) -> bool:
     """Whether the grid runs as row prefix sums (:mod:`meanshift_gpu._rowsum`).
 
     They need the flat kernel and at most three features.  "auto" also wants
@@ -394,7 +394,7 @@ def _use_row_sums(choice, kernel: str, n_features: int, blocked_step, grid: Call
         # it in a thick shell): the grid's batched step was 3-5x faster there.
         if not (possible and n_features <= _ROW_SUMS_AUTO_MAX_FEATURES and blocked_step is None):
             return False
-        return mean_window(grid()) >= _ROW_SUMS_MIN_WINDOW
+        return window() >= _ROW_SUMS_MIN_WINDOW
     return bool(choice)
 
 
@@ -425,16 +425,22 @@ def build_pruner(
                 f"features, got {data.shape[1]}; use neighbors='lsh' or 'faiss'"
             )
         built = [grid] if grid is not None else []
+        window: list[float] = []
 
         def grid_index():
             if not built:
                 built.append(GridIndex(data, reach, weights))
             return built[0]
 
+        def estimated_window():
+            if not window:
+                window.append(mean_window(grid_index()))
+            return window[0]
+
         rows = None
-        if _use_row_sums(options["row_sums"], kernel, data.shape[1], blocked_step, grid_index):
+        if _use_row_sums(options["row_sums"], kernel, data.shape[1], blocked_step, estimated_window):
             d = data.shape[1]
-            cells = row_cells(d, mean_window(grid_index())) if d == 2 else ROW_CELLS[d]
+            cells = row_cells(d, estimated_window()) if d == 2 else ROW_CELLS[d]
             try:
                 rows = RowSumIndex(data, weights, cells)
             except OverflowError:

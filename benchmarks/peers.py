@@ -28,7 +28,6 @@ its nearest mode, as scikit-learn does.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -41,7 +40,7 @@ TOL = 1e-3  # convergence: shift <= TOL * bandwidth, as in scikit-learn
 MAX_ITER = 300
 FAISS_K = 64  # neighbours per query of the faiss peer
 
-# Library neighbour methods the lead is adding (MeanShift(neighbors=...)).
+# Library neighbour methods (MeanShift(neighbors=...)).
 NEIGHBOR_METHODS = ("dense", "auto", "grid", "lsh", "faiss")
 
 
@@ -265,19 +264,6 @@ def faiss_knn_mean_shift(data: CaseData, bandwidth: float) -> FitOutput:
 
 
 # ------------------------------------------------------------------ this library
-def supports_neighbors() -> bool:
-    """Whether this build's ``MeanShift`` has the ``neighbors`` parameter.
-
-    Examples
-    --------
-    >>> isinstance(supports_neighbors(), bool)
-    True
-    """
-    from meanshift_gpu import MeanShift
-
-    return "neighbors" in MeanShift().get_params()
-
-
 def _ours(
     kernel: str, neighbors: str, *, bin_seeding: bool = False, algorithm: str = "standard",
     neighbor_options: dict | None = None,
@@ -285,26 +271,14 @@ def _ours(
     def fit(data: CaseData, bandwidth: float) -> FitOutput:
         from meanshift_gpu import MeanShift
 
-        options = {}
-        if supports_neighbors():
-            options["neighbors"] = neighbors
-            if neighbor_options:
-                options["neighbor_options"] = neighbor_options
         h = bandwidth if kernel == "flat" else gaussian_sigma(bandwidth)
         model = MeanShift(
             bandwidth=h, kernel=kernel, bin_seeding=bin_seeding, algorithm=algorithm,
-            device=data.device, **options,
+            device=data.device, neighbors=neighbors, neighbor_options=neighbor_options,
         ).fit(data.device_tensor)
-        chosen = getattr(model, "neighbors_", None)
-        detail = f"neighbors_={chosen}" if chosen is not None else ""
-        return FitOutput(np.asarray(model.labels_), len(model.cluster_centers_), detail)
+        return FitOutput(np.asarray(model.labels_), len(model.cluster_centers_), f"neighbors_={model.neighbors_}")
 
-    def unavailable(device: torch.device) -> str | None:
-        if neighbors != "dense" and not supports_neighbors():
-            return "unavailable: MeanShift has no 'neighbors' parameter in this build"
-        return None
-
-    return fit, unavailable
+    return fit
 
 
 def all_methods() -> list[Method]:
@@ -324,16 +298,14 @@ def all_methods() -> list[Method]:
     ]
     for kernel in ("flat", "gaussian"):
         for neighbors in NEIGHBOR_METHODS:
-            fit, unavailable = _ours(kernel, neighbors)
-            methods.append(Method(f"ours {kernel} {neighbors}", "ours", kernel, fit, unavailable))
+            methods.append(Method(f"ours {kernel} {neighbors}", "ours", kernel, _ours(kernel, neighbors)))
     # The grid's flat step runs as row prefix sums in 1-D/2-D; this row keeps
     # the batched per-cell step, to show what the row sums bring.
-    fit, unavailable = _ours("flat", "grid", neighbor_options={"row_sums": False})
-    methods.append(Method("ours flat grid batched", "ours", "flat", fit, unavailable))
-    fit, unavailable = _ours("flat", "dense", bin_seeding=True)
-    methods.append(Method("ours flat dense bin_seeding", "ours", "flat", fit, unavailable))
-    fit, unavailable = _ours("gaussian", "dense", algorithm="blurring")
-    methods.append(Method("ours gaussian dense blurring", "ours", "gaussian", fit, unavailable))
+    fit = _ours("flat", "grid", neighbor_options={"row_sums": False})
+    methods.append(Method("ours flat grid batched", "ours", "flat", fit))
+    methods.append(Method("ours flat dense bin_seeding", "ours", "flat", _ours("flat", "dense", bin_seeding=True)))
+    fit = _ours("gaussian", "dense", algorithm="blurring")
+    methods.append(Method("ours gaussian dense blurring", "ours", "gaussian", fit))
     return methods
 
 

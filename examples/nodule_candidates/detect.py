@@ -385,25 +385,10 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def library_prunes_neighbors() -> bool:
-    """Whether the installed ``meanshift_gpu.MeanShift`` has a ``neighbors`` parameter.
-
-    Examples
-    --------
-    >>> isinstance(library_prunes_neighbors(), bool)
-    True
-    """
-    return "neighbors" in MeanShift().get_params()
-
-
 def _estimator(bandwidth: np.ndarray, config: DetectorConfig, **params) -> MeanShift:
-    if library_prunes_neighbors():
-        # "dense", not "auto": above 2.5e7 seed-point pairs "auto" switches
-        # to the 5-D grid, which on these tiles (thousands of seeds since
-        # min_bin_freq=1) took 50-90 s per scan where the exact dense pass
-        # took 1-5 s on the same 2 CPU cores.
-        params["neighbors"] = "dense"
-    return MeanShift(bandwidth=bandwidth, device=config.device, **params)
+    # "dense", not "auto": above 2.5e7 seed-point pairs "auto" switches to
+    # the 5-D grid, which was slower on these small tiles (see tile_mm).
+    return MeanShift(bandwidth=bandwidth, device=config.device, neighbors="dense", **params)
 
 
 def mean_shift_clusters(X: np.ndarray, config: DetectorConfig) -> tuple[np.ndarray, np.ndarray]:

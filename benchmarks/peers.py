@@ -299,10 +299,13 @@ def all_methods() -> list[Method]:
     for kernel in ("flat", "gaussian"):
         for neighbors in NEIGHBOR_METHODS:
             methods.append(Method(f"ours {kernel} {neighbors}", "ours", kernel, _ours(kernel, neighbors)))
-    # The grid's flat step runs as row prefix sums in 1-D/2-D; this row keeps
-    # the batched per-cell step, to show what the row sums bring.
+    # The grid's flat step runs as row prefix sums in 1-D to 3-D (compiled with
+    # numba when installed); these rows keep the batched per-cell step and the
+    # torch row sums, to show what each brings.
     fit = _ours("flat", "grid", neighbor_options={"row_sums": False})
     methods.append(Method("ours flat grid batched", "ours", "flat", fit))
+    fit = _ours("flat", "grid", neighbor_options={"compiled": False})
+    methods.append(Method("ours flat grid torch row sums", "ours", "flat", fit))
     methods.append(Method("ours flat dense bin_seeding", "ours", "flat", _ours("flat", "dense", bin_seeding=True)))
     fit = _ours("gaussian", "dense", algorithm="blurring")
     methods.append(Method("ours gaussian dense blurring", "ours", "gaussian", fit))

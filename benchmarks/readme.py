@@ -30,6 +30,7 @@ HEADLINE_METHODS = [
     "ours flat dense",
     "ours flat grid",
     "ours flat grid batched",
+    "ours flat grid torch row sums",
     "ours flat auto",
     "ours flat faiss",
     "ours flat lsh",

@@ -356,6 +356,7 @@ def ascend_partition(part: dict, batches: list, plan: Plan) -> dict:
         method = choose_method(
             plan.neighbors, n_seeds=positions.shape[0], n_points=data.shape[0],
             n_features=d, device=device, grid=lazy_grid, kernel=plan.kernel,
+            compiled=options["compiled"],
         )
         pruner = build_pruner(
             method, data, weights, kernel=plan.kernel, options=options,

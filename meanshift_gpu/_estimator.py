@@ -155,8 +155,9 @@ class MeanShift(ClusterMixin, BaseEstimator):
         ("auto", "flat" or "ivf"), ``nlist``, ``nprobe``; ``max_pairs``
         (seed-point pairs held at once, 2**22); grid ``row_sums`` ("auto",
         True or False: the flat kernel's exact step from running sums over
-        rows of fine cells; "auto" uses it in 1-D and 2-D with the torch
-        backend).
+        rows of fine cells, d <= 3) and ``compiled`` ("auto", True or False:
+        run those sums as a compiled CPU loop; needs numba, which "auto"
+        uses when installed and the data are on the CPU).
     batch_size : int or "auto", default="auto"
         Seeds per tile; "auto" sizes tiles from a memory budget.  Results do
         not depend on it beyond float rounding.
@@ -515,6 +516,7 @@ def _resolve_neighbors(est, n_seeds, n_points, n_features, device, point_bandwid
     return choose_method(
         est.neighbors, n_seeds=n_seeds, n_points=n_points, n_features=n_features,
         device=device, grid=grid, kernel=est.kernel,
+        compiled=check_neighbor_options(est.neighbor_options)["compiled"],
     )
 
 

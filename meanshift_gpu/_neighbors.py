@@ -11,10 +11,12 @@ any set of seeds.  Methods:
     Cells of side = the kernel's reach, points sorted by cell; a seed reads its
     own and the ``3**d - 1`` adjacent cells (:mod:`meanshift_gpu._grid`).
     Exact for the flat and Epanechnikov kernels.  Low dimensions only.  With
-    the flat kernel in 1-D and 2-D (option ``row_sums="auto"``) the step runs
+    the flat kernel in 1-D to 3-D (option ``row_sums="auto"``) the step runs
     as running sums over rows of fine cells instead
     (:mod:`meanshift_gpu._rowsum`): only the points near each window's edge
-    are tested one by one.
+    are tested one by one.  On the CPU with numba installed that is a
+    compiled loop (option ``compiled="auto"``); otherwise torch, in 1-D and
+    2-D only, for windows of ~400 points or more.
 ``"lsh"``
     Locality-sensitive hashing in torch: ``n_tables`` tables of ``n_bits``
     quantised random projections each (bucket width ``bucket_width`` times the
@@ -38,8 +40,9 @@ condition                method
 adaptive bandwidths      dense (per-point windows are not pruned)
 pairs <= 2.5e7 (CPU;     dense: the fused pass is already fast and exact
 4e6 for d <= 2 and an
-exact grid),
-pairs <= 2e10 (CUDA)
+exact grid, and for the
+flat kernel in 3-D with
+numba), 2e10 (CUDA)
 n_features <= 6          grid, unless a grid neighbourhood would hold more than
                          a third of the data (huge bandwidths), then dense
 otherwise                dense (LSH and faiss are approximate: ask for them)
@@ -58,7 +61,9 @@ import torch
 from ._backends import Blocks
 from ._grid import GridIndex, grid_mean_shift_step
 from ._reference import StepResult
-from ._rowsum import ROW_CELLS, ROWSUM_MAX_FEATURES, RowSumIndex, rowsum_step
+from ._rowsum import (
+    ROW_CELLS, ROWSUM_MAX_FEATURES, RowSumIndex, compiled_rowsum_step, compiled_unavailable, rowsum_step,
+)
 from ._sparse import blocked_step
 
 NEIGHBOR_METHODS = ("auto", "dense", "grid", "lsh", "faiss")
@@ -74,7 +79,8 @@ DEFAULT_OPTIONS = {
     "nlist": None,  # faiss IVF cells (None: 4 * sqrt(n))
     "nprobe": None,  # faiss IVF cells probed (None: nlist // 4, at least 16)
     "max_pairs": 1 << 22,  # seed-point pairs held at once by the candidate step
-    "row_sums": "auto",  # grid, flat kernel, d <= 2: prefix sums over rows of fine cells
+    "row_sums": "auto",  # grid, flat kernel, d <= 3: prefix sums over rows of fine cells
+    "compiled": "auto",  # row sums on the CPU as a compiled loop (numba) instead of torch
 }
 
 # Measured on 2 CPU cores: grid beat dense 6x at 50k points in 3-D and 4x at
@@ -91,6 +97,13 @@ _GRID_MAX_INDICES = 1 << 24
 _TILE_ELEMENTS_AT_START = 1 << 20
 _ROW_SUMS_MIN_WINDOW = 400  # mean points per window, estimated from the grid
 _ROW_CELLS_16_FROM = 1500
+# Compiled: (windows below this, cells per bandwidth), by dimension; see row_cells.
+_COMPILED_ROW_CELLS = {2: ((300, 2), (3000, 8), (math.inf, 16)), 3: ((300, 1), (3000, 2), (math.inf, 4))}
+# The compiled row sums (numba, CPU) also take 3-D, and beat the batched grid
+# at every window size measured (2-D: 6x at 10 points per window, 20x at 800;
+# 3-D: even at 10 points, 13x at 560).
+_ROW_SUMS_AUTO_MAX_FEATURES_COMPILED = 3
+_ROW_SUMS_MIN_WINDOW_COMPILED = 0
 
 
 def check_neighbor_options(options: dict | None) -> dict:
@@ -113,12 +126,13 @@ def check_neighbor_options(options: dict | None) -> dict:
             raise ValueError(f"neighbor_options[{key!r}] must be >= 1, got {merged[key]!r}")
     if not merged["bucket_width"] > 0:
         raise ValueError(f"neighbor_options['bucket_width'] must be > 0, got {merged['bucket_width']!r}")
-    if isinstance(merged["row_sums"], np.bool_):
-        merged["row_sums"] = bool(merged["row_sums"])
-    if not (merged["row_sums"] == "auto" or isinstance(merged["row_sums"], bool)):
-        raise ValueError(
-            f"neighbor_options['row_sums'] must be 'auto', True or False, got {merged['row_sums']!r}"
-        )
+    for key in ("row_sums", "compiled"):
+        if isinstance(merged[key], np.bool_):
+            merged[key] = bool(merged[key])
+        if not (merged[key] == "auto" or isinstance(merged[key], bool)):
+            raise ValueError(
+                f"neighbor_options[{key!r}] must be 'auto', True or False, got {merged[key]!r}"
+            )
     if merged["index"] not in ("auto", "flat", "ivf"):
         raise ValueError(
             f"neighbor_options['index'] must be 'auto', 'flat' or 'ivf', got {merged['index']!r}"
@@ -163,16 +177,28 @@ def choose_method(
     adaptive: bool = False,
     grid: Callable[[], GridIndex] | None = None,
     kernel: str = "flat",
+    compiled: str | bool = "auto",
 ) -> str:
-    """Resolve ``"auto"`` from the size table in the module docstring."""
+    """Resolve ``"auto"`` from the size table in the module docstring.
+
+    ``compiled`` is ``neighbor_options["compiled"]``: with the compiled row
+    sums, the exact 3-D flat grid also wins from the 2-D threshold on.
+    """
     if method != "auto":
         return method
     if adaptive:
         return "dense"
+    pairs = n_seeds * n_points
     dense_pairs = _AUTO_DENSE_PAIRS.get(device.type, _AUTO_DENSE_PAIRS["cpu"])
+    low_dense_pairs = min(dense_pairs, _AUTO_DENSE_PAIRS_2D.get(device.type, dense_pairs))
     if n_features <= 2 and kernel != "gaussian":  # the grid truncates the Gaussian
-        dense_pairs = min(dense_pairs, _AUTO_DENSE_PAIRS_2D.get(device.type, dense_pairs))
-    if n_seeds * n_points <= dense_pairs:
+        dense_pairs = low_dense_pairs
+    elif (
+        n_features == 3 and kernel == "flat" and low_dense_pairs < pairs <= dense_pairs
+        and compiled is not False and _use_compiled("auto", device)
+    ):
+        dense_pairs = low_dense_pairs
+    if pairs <= dense_pairs:
         return "dense"
     if n_features <= _GRID_MAX_FEATURES:
         try:
@@ -360,28 +386,60 @@ def mean_window(index: GridIndex) -> float:
     return grid_fraction(index) * index.points.shape[0] * ball / 3**d
 
 
-def row_cells(n_features: int, window: float) -> int:
+def row_cells(n_features: int, window: float, compiled: bool = False) -> int:
     """Cells per bandwidth across the rows (a power of two) for a mean window of ``window`` points.
 
     More cells narrow the band of tested points (~ window / m) but add rows
-    (~ m in 2-D).  On 2 CPU cores, uniform 2-D data: m = 8 was best at 300-1,000
-    points per window, m = 16 at 3,000-10,000 (24 was no better).  Other
-    dimensions use ``ROW_CELLS``.
+    (~ m in 2-D, ~ m**2 in 3-D).  Measured on 2 CPU cores, uniform data:
+
+    * torch version, 2-D: m = 8 was best at 300-1,000 points per window,
+      m = 16 at 3,000-10,000 (24 was no better);
+    * compiled, 2-D: m = 2 up to ~100 points, 4-8 at ~1,000, 16 at ~8,000;
+    * compiled, 3-D: m = 1 up to ~100 points, 2 at ~1,000, 4 at ~8,000.
+
+    Other cases use ``ROW_CELLS``.
     """
+    if n_features == 1:
+        return 1
+    if compiled:
+        for limit, cells in _COMPILED_ROW_CELLS[n_features]:
+            if window < limit:
+                return cells
     if n_features != 2:
         return ROW_CELLS[n_features]
     return 8 if window < _ROW_CELLS_16_FROM else 16
 
 
-def _use_row_sums(choice, kernel: str, n_features: int, blocked_step, window: Callable[[], float]) -> bool:
+def _use_compiled(choice, device: torch.device) -> bool:
+    """Whether row sums run as the compiled CPU loop (:mod:`meanshift_gpu._rowsum_compiled`).
+
+    "auto" takes it whenever numba imports and the data are on the CPU; the
+    torch version is the fallback, and the one used on GPUs.
+    """
+    if choice is False:
+        return False
+    reason = compiled_unavailable()
+    if device.type != "cpu" and reason is None:
+        reason = f"the data are on {device.type}, and the compiled row sums run on the CPU"
+    if choice is True and reason is not None:
+        raise RuntimeError(f"neighbor_options['compiled']=True cannot run: {reason}")
+    return reason is None
+
+
+def _use_row_sums(
+    choice, kernel: str, n_features: int, blocked_step, window: Callable[[], float], compiled: bool
+) -> bool:
     """Whether the grid runs as row prefix sums (:mod:`meanshift_gpu._rowsum`).
 
-    They need the flat kernel and at most three features.  "auto" also wants
-    full windows (a fixed cost per row of cells only pays off against many
-    points: on 2 CPU cores the batched grid was 3x faster at ~20 points per
-    window, even at ~300, and row sums 2x faster at ~2,500) and leaves a
-    backend's own block-sparse kernel (Triton) in charge: asked for by name,
-    it should run.
+    They need the flat kernel and at most three features.  "auto" takes the
+    compiled loop whenever it can run (it beat the batched grid at every
+    window size measured).  The torch version needs full windows (a fixed
+    cost per row of cells only pays off against many points: on 2 CPU cores
+    the batched grid was 3x faster at ~20 points per window, even at ~300,
+    and row sums 2x faster at ~2,500) and at most two features (in 3-D its
+    tested band is most of the ball, and the batched grid was 3-5x faster).
+    "auto" leaves a backend's own block-sparse kernel (Triton) in charge:
+    asked for by name, it should run.
     """
     possible = kernel == "flat" and n_features <= ROWSUM_MAX_FEATURES
     if choice is True and not possible:
@@ -390,11 +448,10 @@ def _use_row_sums(choice, kernel: str, n_features: int, blocked_step, window: Ca
             f"{ROWSUM_MAX_FEATURES} features, got kernel={kernel!r} with {n_features}"
         )
     if choice == "auto":
-        # In 3-D the tested band is most of the ball (cells of side 1/4 cut
-        # it in a thick shell): the grid's batched step was 3-5x faster there.
-        if not (possible and n_features <= _ROW_SUMS_AUTO_MAX_FEATURES and blocked_step is None):
+        most = _ROW_SUMS_AUTO_MAX_FEATURES_COMPILED if compiled else _ROW_SUMS_AUTO_MAX_FEATURES
+        if not (possible and n_features <= most and blocked_step is None):
             return False
-        return window() >= _ROW_SUMS_MIN_WINDOW
+        return window() >= (_ROW_SUMS_MIN_WINDOW_COMPILED if compiled else _ROW_SUMS_MIN_WINDOW)
     return bool(choice)
 
 
@@ -438,9 +495,10 @@ def build_pruner(
             return window[0]
 
         rows = None
-        if _use_row_sums(options["row_sums"], kernel, data.shape[1], blocked_step, estimated_window):
+        compiled = _use_compiled(options["compiled"], data.device) if kernel == "flat" else False
+        if _use_row_sums(options["row_sums"], kernel, data.shape[1], blocked_step, estimated_window, compiled):
             d = data.shape[1]
-            cells = row_cells(d, estimated_window()) if d == 2 else ROW_CELLS[d]
+            cells = row_cells(d, estimated_window(), compiled)
             try:
                 rows = RowSumIndex(data, weights, cells)
             except OverflowError:
@@ -448,8 +506,14 @@ def build_pruner(
                     raise
         if rows is not None:
 
-            def row_sum_step(seeds, k, blocks):
-                return rowsum_step(seeds, rows, max_pairs=pair_budget(options["max_pairs"], blocks))
+            if compiled:
+                def row_sum_step(seeds, k, blocks):
+                    return compiled_rowsum_step(seeds, rows)
+
+            else:
+
+                def row_sum_step(seeds, k, blocks):
+                    return rowsum_step(seeds, rows, max_pairs=pair_budget(options["max_pairs"], blocks))
 
             return Pruner("grid", row_sum_step, None)
         index = grid_index()

@@ -33,18 +33,28 @@ Locating a run is a binary search in one sorted array of *composite keys*
 and every bound is moved outward (band) or inward (interior) by a few units in
 the last place of the largest key, so the search's rounding only moves points
 from the interior into the tested band, never out of both.
+
+:func:`compiled_rowsum_step` runs the same step as a compiled CPU loop
+(numba, :mod:`meanshift_gpu._rowsum_compiled`) on the same index: it walks
+each seed group's rows instead of materialising (seed, row) and (seed, point)
+pairs, and its results equal :func:`rowsum_step`'s bit for bit.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 
 from ._reference import StepResult
 
-__all__ = ["RowSumIndex", "rowsum_step", "ROW_CELLS", "ROWSUM_MAX_FEATURES"]
+__all__ = [
+    "RowSumIndex", "rowsum_step", "compiled_rowsum_step", "compiled_unavailable", "ROW_CELLS",
+    "ROWSUM_MAX_FEATURES",
+]
 
 # Cells per bandwidth across the rows, by dimension: more cells narrow the
 # tested band (~ 1/m of the ball) but add rows per seed (~ m**(d - 1)).
@@ -118,8 +128,11 @@ class RowSumIndex:
         self.points = data[order].contiguous()
         key = key[order]
         self.row_keys, row_counts = torch.unique_consecutive(key, return_counts=True)
+        self.row_bounds = torch.zeros(self.row_keys.numel() + 1, dtype=torch.long, device=device)
+        torch.cumsum(row_counts, 0, out=self.row_bounds[1:])
         rank = torch.repeat_interleave(torch.arange(self.row_keys.numel(), device=device), row_counts)
         x0 = z[order, 0]
+        self.first_coordinate = x0
         self.x0_min = float(x0.min()) if n else 0.0
         # Rows are ``span`` apart; a search window is at most 2 + 2 margins wide
         # and clamped into its row's slot, so windows never reach another row.
@@ -180,8 +193,9 @@ def _step(seeds, index, accumulate, max_pairs) -> StepResult:
     order = by_x[torch.argsort(row_key[by_x], stable=True)]
     ordered = seeds[order]
     acc = torch.zeros(n_seeds, d + 1, dtype=index.summands.dtype, device=device)
-    # ~10 temporaries per (seed, row) pair while the rows are found.
-    chunk = max(1, max_pairs // (4 * index.offsets.shape[0]))
+    # ~10 temporaries per (seed, row) pair while the rows are found; the
+    # compiled step holds none (``max_pairs=None``: one call).
+    chunk = max(1, n_seeds) if max_pairs is None else max(1, max_pairs // (4 * index.offsets.shape[0]))
     for s0 in range(0, n_seeds, chunk):
         accumulate(ordered[s0 : s0 + chunk], index, acc[s0 : s0 + chunk], max_pairs)
     acc = acc[torch.argsort(order)]
@@ -279,6 +293,136 @@ def _test_band(seeds, index, acc, starts, lengths, owners) -> None:
         d2 += squares[:, j]
     hit = torch.nonzero(d2 <= 1.0).squeeze(1)
     acc.index_add_(0, owner[hit], index.summands[point[hit]])
+
+
+def compiled_unavailable() -> str | None:
+    """None when numba can be imported, else a sentence saying why not.
+
+    Examples
+    --------
+    >>> compiled_unavailable() is None or "numba" in compiled_unavailable()
+    True
+    """
+    try:
+        import numba  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install
+        return f"numba is not importable ({type(exc).__name__}: {exc}); pip install numba"
+    return None
+
+
+def compiled_rowsum_step(seeds: torch.Tensor, index: RowSumIndex) -> StepResult:
+    """One exact flat-kernel step from an index's row sums, in compiled CPU code.
+
+    Parameters
+    ----------
+    seeds : Tensor of shape (n_seeds, n_features)
+        Scaled seed positions (CPU tensor).
+    index : meanshift_gpu._rowsum.RowSumIndex
+        The data (CPU tensors).
+
+    Returns
+    -------
+    StepResult
+        Equal to :func:`meanshift_gpu._rowsum.rowsum_step` (bit for bit) and
+        to the dense flat step up to float rounding.
+
+    Examples
+    --------
+    >>> x = torch.tensor([[0.0, 0.0], [0.5, 0.1], [3.0, 0.0]], dtype=torch.float64)
+    >>> step = compiled_rowsum_step(torch.tensor([[0.0, 0.0]], dtype=torch.float64), RowSumIndex(x, None))
+    >>> step.positions.tolist()
+    [[0.25, 0.05]]
+    """
+    if seeds.device.type != "cpu" or index.points.device.type != "cpu":
+        raise ValueError(
+            "the compiled row sums run on the CPU; use neighbor_options={'compiled': False} on other devices"
+        )
+    from ._rowsum_compiled import accumulate_groups
+
+    tables = _tables(index)
+
+    def accumulate(ordered, index_, acc, max_pairs):
+        q = ordered.to(torch.float64).contiguous()
+        groups = _seed_groups(q, index_)
+        arguments = (q.numpy(), ordered.contiguous().numpy(), groups)
+        constants = (*tables, int(index_.m), float(_INTERIOR_MARGIN), acc.numpy())
+        _run_in_threads(lambda g0, g1: accumulate_groups(*arguments, g0, g1, *constants), groups)
+
+    return _step(seeds, index, accumulate, max_pairs=None)
+
+
+# Seeds stepped together over each row: enough to reuse the row's cache
+# lines many times, few enough to leave work for every thread.
+_GROUP_SEEDS = 64
+
+
+def _seed_groups(q: torch.Tensor, index: RowSumIndex) -> np.ndarray:
+    """Starts of the runs of (row-ordered) seeds that share their own row cell, at most ``_GROUP_SEEDS`` long.
+
+    All seeds of a group have the same rows around them, so the kernel finds
+    each row once per group and reads its points while they are in cache.
+    """
+    n = q.shape[0]
+    if n == 0:
+        return np.zeros(1, dtype=np.int64)
+    if index.n_features > 1:
+        own = torch.floor(q[:, 1:] * index.m).long()
+        key = ((own - index.origin) * index.strides).sum(1).numpy()
+        is_start = np.empty(n, dtype=bool)
+        is_start[0] = True
+        np.not_equal(key[1:], key[:-1], out=is_start[1:])
+    else:
+        is_start = np.zeros(n, dtype=bool)
+        is_start[0] = True
+    starts = np.flatnonzero(is_start)
+    group = np.cumsum(is_start) - 1
+    position = np.arange(n) - starts[group]
+    starts = np.flatnonzero(is_start | (position % _GROUP_SEEDS == 0))
+    return np.append(starts, n).astype(np.int64)
+
+
+def _run_in_threads(run, group_starts) -> None:
+    """``run(g0, g1)`` over all groups, split across ``torch.get_num_threads()`` Python threads.
+
+    The kernel releases the GIL (``nogil``), so plain threads run it in
+    parallel.  numba's own ``parallel=True`` is not used: its OpenMP layer
+    made torch's operations ~8x slower for the rest of the process (measured:
+    a 50k argsort went from 5 ms to 40 ms), and its workqueue layer cannot be
+    entered from two threads at once.
+    """
+    n_groups = group_starts.shape[0] - 1
+    threads = max(1, min(torch.get_num_threads(), n_groups))
+    if threads == 1:
+        run(0, n_groups)
+        return
+    # Several pieces per thread, cut at equal seed counts, even out uneven groups.
+    pieces = np.searchsorted(group_starts, np.linspace(0, group_starts[-1], 4 * threads + 1)[1:-1])
+    bounds = [0, *sorted(set(int(b) for b in pieces) - {0, n_groups}), n_groups]
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="meanshift-rowsum") as pool:
+        for future in [pool.submit(run, a, b) for a, b in zip(bounds[:-1], bounds[1:])]:
+            future.result()
+
+
+def _tables(index: RowSumIndex) -> tuple:
+    """The index's arrays as numpy views, built once per index."""
+    cached = getattr(index, "_compiled_tables", None)
+    if cached is not None:
+        return cached
+    d = index.n_features
+    tables = (
+        index.row_keys.contiguous().numpy(),
+        index.row_bounds.contiguous().numpy(),
+        index.first_coordinate.contiguous().numpy(),
+        index.points.contiguous().numpy(),
+        index.summands.contiguous().numpy(),
+        index.prefix.contiguous().numpy(),
+        (index.origin if d > 1 else torch.zeros(0, dtype=torch.long)).contiguous().numpy(),
+        (index.strides if d > 1 else torch.zeros(0, dtype=torch.long)).contiguous().numpy(),
+        (index.cell_lo if d > 1 else torch.zeros(0, dtype=torch.long)).contiguous().numpy(),
+        (index.cell_hi if d > 1 else torch.zeros(0, dtype=torch.long)).contiguous().numpy(),
+    )
+    index._compiled_tables = tables
+    return tables
 
 
 def _summands(z: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, float, float]:

@@ -108,9 +108,9 @@ def test_grid_runs_row_sums_by_default_in_2d_and_agrees_with_the_batched_grid(mo
         return original(*args, **kwargs)
 
     monkeypatch.setattr(_neighbors, "rowsum_step", counting)
-    # ~1500 points per window: full enough for "auto" to pick row sums.
+    # ~1500 points per window: full enough for "auto" to pick the torch row sums.
     X, _ = make_blobs(6000, n_features=2, centers=3, cluster_std=0.5, random_state=0)
-    rows = MeanShift(bandwidth=1.2, neighbors="grid").fit(X)
+    rows = MeanShift(bandwidth=1.2, neighbors="grid", neighbor_options={"compiled": False}).fit(X)
     assert calls, "the 2-D flat grid fit did not use row sums"
     n_calls = len(calls)
     batched = MeanShift(bandwidth=1.2, neighbors="grid", neighbor_options={"row_sums": False}).fit(X)
@@ -123,7 +123,7 @@ def test_grid_runs_row_sums_by_default_in_2d_and_agrees_with_the_batched_grid(mo
 def test_auto_keeps_the_batched_grid_for_sparse_windows(monkeypatch):
     monkeypatch.setattr(_neighbors, "rowsum_step", lambda *a, **k: pytest.fail("row sums used"))
     X = np.random.RandomState(0).uniform(0, 60, size=(3000, 2))  # ~3 points per window
-    model = MeanShift(bandwidth=1.0, neighbors="grid").fit(X)
+    model = MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options={"compiled": False}).fit(X)
     assert model.neighbors_ == "grid"
 
 
@@ -178,10 +178,11 @@ def test_out_of_memory_shrinks_the_row_sum_batches(monkeypatch, assert_same_clus
 
     monkeypatch.setattr(_neighbors, "rowsum_step", tight_memory)
     X, _ = make_blobs(3000, n_features=2, centers=3, cluster_std=0.5, random_state=1)
-    shrunk = MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options={"row_sums": True}).fit(X)
+    torch_rows = {"row_sums": True, "compiled": False}
+    shrunk = MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options=torch_rows).fit(X)
     assert budgets[0] > 100_000 and min(budgets) <= 100_000
     monkeypatch.setattr(_neighbors, "rowsum_step", original)
-    plain = MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options={"row_sums": True}).fit(X)
+    plain = MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options=torch_rows).fit(X)
     assert_same_clustering(plain.cluster_centers_, plain.labels_, shrunk.cluster_centers_, shrunk.labels_,
                            atol=1e-12, rtol=0)
 
@@ -297,4 +298,5 @@ def test_auto_size_table_prefers_the_exact_grid_earlier_in_2d():
     )
     assert pick(n_features=2) == "grid"
     assert pick(n_features=2, kernel="gaussian") == "dense"  # truncation: keep the exact pass
-    assert pick(n_features=3) == "dense"
+    assert pick(n_features=3, compiled=False) == "dense"  # the 3-D rule needs the compiled row sums
+    assert pick(n_features=3, kernel="epanechnikov") == "dense"

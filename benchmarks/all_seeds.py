@@ -17,9 +17,9 @@ random_state=0)`` (centers uniform in [-10, 10]^3), float32, bandwidth
 
 Reported: wall time of the fit, clusters, ``n_iter_``, and the adjusted Rand
 index of every labelling against scikit-learn's bin seeding (when run) and
-against the generating blobs.  Cluster counts count every cluster, however
+against the generating blobs.  ``clusters`` counts every cluster, however
 small: all seeds can find modes in the sparse tails that bin seeding never
-seeds, and the table says so rather than hiding them.
+seeds; ``major`` counts those holding at least 0.1% of the points.
 
 Run from the repository root::
 
@@ -127,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, fit in fits.items():
             row = dict(n=n, method=name, status=fit["status"], seconds=round(fit["seconds"], 3))
             if fit["status"] == "ok":
-                row.update(clusters=fit["clusters"], n_iter=fit["n_iter"],
+                sizes = np.bincount(fit["labels"][fit["labels"] >= 0])
+                row.update(clusters=fit["clusters"], major_clusters=int((sizes >= 0.001 * n).sum()),
+                           n_iter=fit["n_iter"],
                            ari_truth=round(float(adjusted_rand_score(truth, fit["labels"])), 4))
                 if reference is not None:
                     row["ari_sklearn_bin_seeding"] = round(
@@ -140,11 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     meta = dict(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(),
                 threads=args.threads, bandwidth=args.bandwidth, load_average=list(os.getloadavg()))
     (args.out / "results.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-    print("\n| N | method | status | seconds | clusters | n_iter | ARI vs sklearn bin | ARI vs truth |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| N | method | status | seconds | clusters | major | n_iter | ARI vs sklearn bin | ARI vs truth |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['n']:,} | {r['method']} | {r['status']} | {r['seconds']} | {r.get('clusters', '')} | "
-              f"{r.get('n_iter', '')} | {r.get('ari_sklearn_bin_seeding', '')} | {r.get('ari_truth', '')} |")
+              f"{r.get('major_clusters', '')} | {r.get('n_iter', '')} | {r.get('ari_sklearn_bin_seeding', '')} | "
+              f"{r.get('ari_truth', '')} |")
     return 0
 
 

@@ -296,7 +296,11 @@ def _test_band(seeds, index, acc, starts, lengths, owners) -> None:
 
 
 def compiled_unavailable() -> str | None:
-    """None when numba can be imported, else a sentence saying why not.
+    """None when the compiled row sums can run, else a sentence saying why not.
+
+    Importing :mod:`meanshift_gpu._rowsum_compiled` imports numba and sets up
+    its on-disk cache, so a missing or broken numba, or a cache it cannot
+    place, shows here rather than in the middle of a fit.
 
     Examples
     --------
@@ -304,9 +308,9 @@ def compiled_unavailable() -> str | None:
     True
     """
     try:
-        import numba  # noqa: F401
-    except Exception as exc:  # ImportError, or a broken install
-        return f"numba is not importable ({type(exc).__name__}: {exc}); pip install numba"
+        from . import _rowsum_compiled  # noqa: F401
+    except Exception as exc:  # ImportError, a broken install, or no cache locator
+        return f"numba is not usable here ({type(exc).__name__}: {exc}); pip install numba"
     return None
 
 

@@ -97,7 +97,7 @@ def test_auto_runs_the_compiled_row_sums_and_agrees_with_the_batched_grid(
     monkeypatch, n_features, assert_same_clustering
 ):
     calls = _count_calls(monkeypatch)
-    X, _ = make_blobs(1500, n_features=n_features, centers=3, cluster_std=0.6, random_state=n_features)
+    X, _ = make_blobs(700, n_features=n_features, centers=3, cluster_std=0.6, random_state=n_features)
     compiled = MeanShift(bandwidth=1.0, neighbors="grid").fit(X)
     assert calls, "the flat grid fit did not use the compiled row sums"
     n_calls = len(calls)
@@ -120,7 +120,7 @@ def test_sparse_3d_windows_take_the_compiled_row_sums(monkeypatch):
 def test_without_numba_auto_falls_back_and_true_explains(monkeypatch, assert_same_clustering):
     monkeypatch.setattr(_neighbors, "compiled_unavailable", lambda: "numba is not importable (test)")
     monkeypatch.setattr(_neighbors, "compiled_rowsum_step", lambda *a, **k: pytest.fail("compiled step used"))
-    X, _ = make_blobs(800, n_features=3, centers=3, random_state=0)
+    X, _ = make_blobs(300, n_features=3, centers=3, random_state=0)
     fallback = MeanShift(bandwidth=1.0, neighbors="grid").fit(X)
     dense = MeanShift(bandwidth=1.0, neighbors="dense").fit(X)
     assert_same_clustering(dense.cluster_centers_, dense.labels_, fallback.cluster_centers_, fallback.labels_,

@@ -30,7 +30,8 @@ __all__ = ["accumulate_groups"]
 
 @numba.njit(inline="always")
 def lower_bound(values, lo, hi, target):
-    # First index in [lo, hi) with values[i] >= target; branch-free halving.
+    """First index in ``[lo, hi)`` with ``values[i] >= target`` (``hi`` if none)."""
+    # Halving with conditional moves: no branch to mispredict.
     n = hi - lo
     while n > 0:
         half = n >> 1
@@ -39,9 +40,10 @@ def lower_bound(values, lo, hi, target):
         n = n - half - 1 if below else half
     return lo
 
+
 @numba.njit(inline="always")
 def upper_bound(values, lo, hi, target):
-    # First index in [lo, hi) with values[i] > target.
+    """First index in ``[lo, hi)`` with ``values[i] > target`` (``hi`` if none)."""
     n = hi - lo
     while n > 0:
         half = n >> 1
@@ -50,50 +52,39 @@ def upper_bound(values, lo, hi, target):
         n = n - half - 1 if below else half
     return lo
 
+
 @numba.njit(inline="always")
 def row_sums(q0, s0, s1, s2, d, rank, rho_min2, rho_max2, row_bounds, first, points, summands,
              prefix, margin):
-    # Returns the row's contribution [sum w x_0, sum w x_1, sum w x_2, sum w] (unused
-    # coordinates 0) as four int64 scalars: locals stay in registers.
+    """One row's share of a seed's window: ``[sum w x_0, sum w x_1, sum w x_2, sum w]``.
+
+    Four int64 scalars (features beyond ``d`` give 0) rather than an array, so
+    they stay in registers.  ``rho_min2`` / ``rho_max2``: squared smallest and
+    largest distance from the seed to the row's cell across the rows.
+    """
     start, end = row_bounds[rank], row_bounds[rank + 1]
     reach_out = math.sqrt(max(0.0, 1.0 + margin - rho_min2))
     lo_out = lower_bound(first, start, end, q0 - reach_out)
     hi_out = upper_bound(first, lo_out, end, q0 + reach_out)
     inner2 = 1.0 - margin - rho_max2
     # The interior [lo_in, hi_in) is found by walking in from both ends of
-    # [lo_out, hi_out): the points walked over are the band, tested anyway.
+    # [lo_out, hi_out): the points walked over are the band, tested next.
     left_of = q0 - math.sqrt(inner2) if inner2 > 0.0 else math.inf
     right_of = q0 + math.sqrt(inner2) if inner2 > 0.0 else math.inf
     a0 = np.int64(0)
     a1 = np.int64(0)
     a2 = np.int64(0)
     a3 = np.int64(0)
-    lo_in = hi_out
-    for p in range(lo_out, hi_out):
-        if first[p] >= left_of:
-            lo_in = p
-            break
+    lo_in = lo_out
+    while lo_in < hi_out and first[lo_in] < left_of:
+        lo_in += 1
+    hi_in = hi_out
+    while hi_in > lo_in and first[hi_in - 1] > right_of:
+        hi_in -= 1
+    n_left = lo_in - lo_out
+    for k in range(n_left + hi_out - hi_in):
+        p = lo_out + k if k < n_left else hi_in + (k - n_left)
         # The dense step's formula in the seeds' dtype, feature by feature.
-        diff = s0 - points[p, 0]
-        d2 = diff * diff
-        if d >= 2:
-            diff = s1 - points[p, 1]
-            d2 += diff * diff
-        if d >= 3:
-            diff = s2 - points[p, 2]
-            d2 += diff * diff
-        if d2 <= 1.0:
-            a0 += summands[p, 0]
-            a1 += summands[p, 1]
-            if d >= 2:
-                a2 += summands[p, 2]
-            if d >= 3:
-                a3 += summands[p, 3]
-    hi_in = lo_in
-    for p in range(hi_out - 1, lo_in - 1, -1):
-        if first[p] <= right_of:
-            hi_in = p + 1
-            break
         diff = s0 - points[p, 0]
         d2 = diff * diff
         if d >= 2:
@@ -118,9 +109,18 @@ def row_sums(q0, s0, s1, s2, d, rank, rho_min2, rho_max2, row_bounds, first, poi
             a3 += prefix[hi_in, 3] - prefix[lo_in, 3]
     return a0, a1, a2, a3
 
+
 @numba.njit(nogil=True, cache=True)
-def accumulate_groups(q, seeds, group_starts, g_first, g_end, row_keys, row_bounds, first, points, summands,
-           prefix, origin, strides, cell_lo, cell_hi, m, margin, acc):
+def accumulate_groups(q, seeds, group_starts, g_first, g_end, row_keys, row_bounds, first, points,
+                      summands, prefix, origin, strides, cell_lo, cell_hi, m, margin, acc):
+    """Add the window sums of the seeds of groups ``g_first .. g_end - 1`` into ``acc``.
+
+    ``q`` are the seeds in float64 (geometry), ``seeds`` the same in their own
+    dtype (the band test); a group is a run of seeds with the same own row
+    cell (``group_starts``).  The other arrays are a
+    :class:`meanshift_gpu._rowsum.RowSumIndex`'s; ``m`` its cells per unit and
+    ``margin`` the interior margin in squared distance.
+    """
     d = q.shape[1]
     n_rows = row_keys.shape[0]
     if n_rows == 0:

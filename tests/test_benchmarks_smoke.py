@@ -89,3 +89,17 @@ def test_markdown_table_and_plots(smoke_run):
         png = out / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert png.stat().st_size > 5_000
+
+
+def test_all_seeds_benchmark_runs_and_reports_measured_fits(tmp_path):
+    cmd = [sys.executable, "-m", "benchmarks.all_seeds", "--sizes", "1500", "--threads", "1",
+           "--timeout", "240", "--sklearn", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["ours all seeds", "ours bin_seeding", "sklearn bin_seeding"]
+    for row in rows:
+        assert row["status"] == "ok" and row["seconds"] > 0 and row["clusters"] >= 1
+        assert 0.5 < row["ari_truth"] <= 1.0
+    # Same algorithm, same seeds: our bin seeding is scikit-learn's.
+    assert rows[1]["ari_sklearn_bin_seeding"] == 1.0 and rows[1]["clusters"] == rows[2]["clusters"]

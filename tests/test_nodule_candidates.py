@@ -328,6 +328,48 @@ def test_shipped_scorer_loads_and_scores_deterministically():
     modes = np.array([[0, 0, 0, -200, 0.95], [40, 0, 0, -200, 0.75]])
     c = cluster_statistics(X, modes, labels, 1.0, bandwidth=np.array([4, 4, 4, 150, 0.15]))
     assert c.density_3mm[0] > 0.8 and c.density_3mm[1] < 0.3
+    # Image context as context_features reads it: the blob curves down along
+    # all three axes, the vessel along two; both far from the chest wall.
+    c.wall_mm = np.array([20.0, 20.0])
+    c.hessian_2mm = np.array([[-200.0, -180.0, -150.0], [-150.0, -120.0, 0.0]])
+    c.hessian_4mm = np.array([[-250.0, -230.0, -200.0], [-90.0, -70.0, 0.0]])
+    c.contrast_2mm = np.array([500.0, 250.0])
+    c.contrast_4mm = np.array([450.0, 150.0])
     s1, s2 = model(c), model(c)
     np.testing.assert_array_equal(s1, s2)
     assert ((s1 > 0) & (s1 < 1)).all() and s1[0] > s1[1]
+
+
+def test_context_features_tell_a_blob_from_a_vessel_and_measure_the_wall():
+    from examples.nodule_candidates.detect import context_features
+
+    # 1 mm voxels: a bright 8 mm ball and a 3 mm-radius tube along x, in -850 HU "lung".
+    z, y, x = np.mgrid[0:40, 0:48, 0:64].astype(np.float64)
+    volume = np.full(x.shape, -850.0)
+    volume[(x - 16) ** 2 + (y - 24) ** 2 + (z - 20) ** 2 <= 16] = 40.0
+    volume[((y - 24) ** 2 + (z - 20) ** 2 <= 9) & (x >= 36)] = 40.0
+    scan = nio.Scan(volume.astype(np.int16), [0, 0, 0], [1.0, 1.0, 1.0], seriesuid="ctx")
+    lungs = np.zeros(volume.shape, bool)
+    lungs[2:-2, 2:-2, 2:-2] = True
+    f = context_features(scan, lungs, np.array([[16.0, 24, 20], [50.0, 24, 20], [16.0, 24, 4]]))
+    ball, tube = f["hessian_2mm"][0], f["hessian_2mm"][1]
+    assert (ball < 0).all()  # curves down along all three axes
+    assert tube[0] < 0 and tube[1] < 0 and abs(tube[2]) < 0.1 * abs(tube[0])  # flat along the vessel
+    assert f["contrast_2mm"][0] > 300 and f["contrast_4mm"][0] > f["contrast_4mm"][1] - 50
+    # Mask from index 2 to 37 in z: the point at z = 4 is 3 voxels from outside (index 1).
+    assert f["wall_mm"][2] == pytest.approx(3.0) and f["wall_mm"][0] > 10
+
+
+def test_large_object_suppression_radius():
+    from examples.nodule_candidates.detect import Clusters, suppress_near, suppression_radius
+
+    # Three modes inside one large nodule and a small nodule 12 mm from the best of them.
+    center = np.array([[0.0, 0, 0], [6.0, 0, 0], [0, 7.0, 0], [0, -12.0, 0]])
+    zeros = {k: np.zeros(4) for k in ("n_voxels", "volume_mm3", "mean_hu", "mean_si", "round_fraction", "elongation",
+                                      "extent_mm")}  # fmt: skip
+    c = Clusters(center=center, **zeros, density_10mm=np.array([0.9, 0.8, 0.85, 0.2]))
+    scores = np.array([0.9, 0.8, 0.7, 0.6])
+    radius = suppression_radius(c, DetectorConfig(nms_mm=5.0, nms_large_mm=10.0))
+    assert suppress_near(center, scores, 5.0).tolist() == [0, 1, 2, 3]
+    assert suppress_near(center, scores, 5.0, radius_per=radius).tolist() == [0, 3]
+    assert suppression_radius(c, DetectorConfig(nms_large_mm=0.0)) is None

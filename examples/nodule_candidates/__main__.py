@@ -5,8 +5,10 @@ scorer (``nodule_model.json``) on phantom sets with other seeds than any
 evaluation set::
 
     python -m examples.nodule_candidates make-phantoms /tmp/train192 --n 20 --shape 192 192 96 --seed 100
+    python -m examples.nodule_candidates make-phantoms /tmp/train192b --n 20 --shape 192 192 96 --seed 102
     python -m examples.nodule_candidates make-phantoms /tmp/train256 --n 10 --shape 256 256 128 --seed 101
-    python -m examples.nodule_candidates train /tmp/train192 /tmp/train256
+    python -m examples.nodule_candidates make-phantoms /tmp/train103 --n 20 --shape 192 192 96 --seed 103
+    python -m examples.nodule_candidates train /tmp/train192 /tmp/train192b /tmp/train256 /tmp/train103
 
 ``demo`` does everything on a few small
 phantoms (about a minute on a laptop CPU)::
@@ -117,12 +119,13 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .classifier import fit_model, training_table
+    from .classifier import TYPE_WEIGHTS, fit_model, training_table
 
     config = _config_from(args)
     t0 = time.perf_counter()
     table = training_table(args.folders, config, progress=lambda line: print("  " + line, flush=True))
-    meta = {"folders": [Path(f).name for f in args.folders], "n_scans": int(table["scan"].max()) + 1}
+    meta = {"folders": [Path(f).name for f in args.folders], "n_scans": int(table["scan"].max()) + 1,
+            "type_weights": TYPE_WEIGHTS}  # fmt: skip
     model = fit_model(table["F"], table["y"], table["w"], meta)
     path = model.save(args.out)
     print(f"trained on {meta['n_scans']} scans, {len(table['y'])} clusters ({int(table['y'].sum())} on nodules) "
@@ -181,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--voi-hu", dest="voi_hu", type=float, default=None)
     p.add_argument("--min-bin-freq", dest="min_bin_freq", type=int, default=None)
     p.add_argument("--nms-mm", dest="nms_mm", type=float, default=None)
+    p.add_argument("--nms-large-mm", dest="nms_large_mm", type=float, default=None, help="0: off")
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("evaluate", help="LUNA16 FROC/CPM of a candidates CSV")

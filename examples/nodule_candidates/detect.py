@@ -29,12 +29,13 @@ and shape):
    tiles are merged (the same modes, for far less work: mean shift with a
    flat kernel never reads points beyond one bandwidth).
 6. **Candidates**: one per cluster, at its mode, with size, intensity,
-   shape, core and neighbourhood statistics (:class:`Clusters`), scored by
+   shape, core and neighbourhood statistics (:class:`Clusters`) and the
+   image context around the mode (:func:`context_features`), scored by
    a gradient-boosted tree ensemble trained on phantoms with other seeds
    than the evaluation set (:mod:`~examples.nodule_candidates.classifier`;
    :func:`score_clusters` is the older hand-set score).  Candidates within
-   ``nms_mm`` of a better one are dropped and the ``max_candidates`` best
-   are kept.
+   ``nms_mm`` of a better one (``nms_large_mm`` of one inside a large
+   object) are dropped and the ``max_candidates`` best are kept.
 """
 
 from __future__ import annotations
@@ -54,7 +55,12 @@ from .io import Finding, Scan, index_zyx_to_world
 from .lung import segment_lungs
 from .shape_index import shape_features
 
-STAGES = ("resample", "lungs", "shape_index", "voxels", "mean_shift", "scoring")
+STAGES = ("resample", "lungs", "shape_index", "voxels", "mean_shift", "context", "scoring")
+
+#: Scales (mm) of the Hessian blob responses in :func:`context_features`.
+HESSIAN_SCALES_MM = (2.0, 4.0)
+#: Scale (mm) of the surroundings that :func:`context_features` contrasts against.
+SURROUND_SIGMA_MM = 8.0
 
 
 @dataclass
@@ -115,6 +121,11 @@ class DetectorConfig:
         or inside a large nodule, and without this they fill the
         ``max_candidates`` slots.  Nodules closer than this to a better
         candidate are then found through it only.
+    nms_large_mm, nms_large_density : float
+        Candidates inside large objects (their 10 mm ball more than
+        ``nms_large_density`` filled with voxels of interest) suppress within
+        ``nms_large_mm`` instead (:func:`suppression_radius`); not above
+        ``nms_mm`` turns this off.
     core_mm : float
         Radius around the mode of the "core" statistics of a cluster (its
         members further away were only assigned to it as the nearest mode).
@@ -139,6 +150,8 @@ class DetectorConfig:
     min_cluster_voxels: int = 4
     group_radius: float = 0.0
     nms_mm: float = 5.0
+    nms_large_mm: float = 10.0
+    nms_large_density: float = 0.5
     core_mm: float = 6.0
     device: str = "auto"
     seed: int = 0
@@ -181,6 +194,18 @@ class Clusters:
     support_mm3 : ndarray of shape (n,) or None
         Volume of the voxels inside the mean-shift window (one bandwidth in
         the scaled 5-D space) around the mode: the kernel density there.
+    wall_mm : ndarray of shape (n,) or None
+        Distance from the candidate to the outside of the lung mask (chest
+        wall, mediastinum, diaphragm), mm; from :func:`context_features`.
+    hessian_2mm, hessian_4mm : ndarray of shape (n, 3) or None
+        Eigenvalues (ascending) of the scale-normalised Hessian
+        (``sigma^2 * H``, HU) of the image at the candidate, at 2 and 4 mm:
+        all three negative on a bright blob, two on a vessel, one on the
+        chest wall or a fissure.
+    contrast_2mm, contrast_4mm : ndarray of shape (n,) or None
+        Image smoothed at 2 (4) mm minus the image smoothed at
+        ``SURROUND_SIGMA_MM`` at the candidate, HU: brightness against the
+        surroundings.
     """
 
     center: np.ndarray
@@ -201,6 +226,11 @@ class Clusters:
     density_6mm: np.ndarray | None = None
     density_10mm: np.ndarray | None = None
     support_mm3: np.ndarray | None = None
+    wall_mm: np.ndarray | None = None
+    hessian_2mm: np.ndarray | None = None
+    hessian_4mm: np.ndarray | None = None
+    contrast_2mm: np.ndarray | None = None
+    contrast_4mm: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.center)
@@ -614,6 +644,120 @@ def cluster_statistics(
     return clusters
 
 
+def _sample_scale(volume: torch.Tensor, spacing_xyz: np.ndarray, sigma_mm: float, index: np.ndarray, slab: int = 48):
+    """Smoothed value and scale-normalised Hessian eigenvalues at ``index`` (z, y, x rows).
+
+    The volume is filtered in z-slabs with a halo of the kernel radius (the
+    values do not depend on ``slab``), so memory stays at a few slabs even for
+    a full-resolution scan.
+    """
+    from .shape_index import _derivatives
+
+    n = len(index)
+    value = np.zeros(n)
+    eig = np.zeros((n, 3))
+    nz = volume.shape[0]
+    halo = max(1, int(math.ceil(3.0 * sigma_mm / spacing_xyz[2])))
+    for z0 in range(0, nz, slab):
+        rows = np.nonzero((index[:, 0] >= z0) & (index[:, 0] < z0 + slab))[0]
+        if len(rows) == 0:
+            continue
+        lo, hi = max(0, z0 - halo), min(nz, z0 + slab + halo)
+        d = _derivatives(volume[lo:hi], spacing_xyz, sigma_mm)
+        device = d["f"].device
+        at = [torch.as_tensor(index[rows, a] - (lo if a == 0 else 0), device=device) for a in range(3)]
+        get = {k: v[at[0], at[1], at[2]].double().cpu().numpy() for k, v in d.items()}
+        del d
+        value[rows] = get["f"]
+        hessian = np.stack(
+            [
+                np.stack([get["fxx"], get["fxy"], get["fxz"]], -1),
+                np.stack([get["fxy"], get["fyy"], get["fyz"]], -1),
+                np.stack([get["fxz"], get["fyz"], get["fzz"]], -1),
+            ],
+            -2,
+        )
+        eig[rows] = np.linalg.eigvalsh(hessian) * sigma_mm**2
+    return value, eig
+
+
+def context_features(work: Scan, lungs: np.ndarray, positions: np.ndarray, device: str = "cpu") -> dict:
+    """Image features around candidate positions: wall distance, blobness, contrast.
+
+    The cluster statistics describe a cluster's voxels of interest only; a
+    5-8 mm nodule touching the chest wall or a vessel has few of them, with
+    a shape index pulled towards the wall's or the vessel's.  These features
+    read the image itself around the candidate instead.
+
+    Parameters
+    ----------
+    work : Scan
+        The working-grid scan (HU).
+    lungs : ndarray of bool
+        Lung mask on the working grid.
+    positions : ndarray of shape (n, 3)
+        Candidate positions, world mm (x, y, z).
+    device : str, default="cpu"
+        Where the filtering runs.
+
+    Returns
+    -------
+    features : dict of ndarray
+        ``wall_mm``, ``hessian_2mm``, ``hessian_4mm``, ``contrast_2mm``,
+        ``contrast_4mm`` (see :class:`Clusters`).
+
+    Examples
+    --------
+    >>> from examples.nodule_candidates.phantom import make_phantom
+    >>> from examples.nodule_candidates.lung import segment_lungs
+    >>> ph = make_phantom((96, 96, 48), seed=1, n_nodules=1, diameter_range=(10, 12))
+    >>> lungs = segment_lungs(ph.scan.array, ph.scan.spacing)
+    >>> f = context_features(ph.scan, lungs, ph.nodules[0].world[None])
+    >>> bool((f["hessian_4mm"][0] < 0).all()), bool(f["contrast_4mm"][0] > 100)
+    (True, True)
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    from .io import world_to_index_zyx
+    from .shape_index import correlate1d, gaussian_derivative_kernels
+
+    positions = np.asarray(positions, np.float64).reshape(-1, 3)
+    n = len(positions)
+    out = {
+        "wall_mm": np.zeros(n),
+        "hessian_2mm": np.zeros((n, 3)),
+        "hessian_4mm": np.zeros((n, 3)),
+        "contrast_2mm": np.zeros(n),
+        "contrast_4mm": np.zeros(n),
+    }
+    spacing = np.asarray(work.spacing, np.float64)
+    margin = [int(math.ceil(3.0 * SURROUND_SIGMA_MM / s)) + 1 for s in spacing[::-1]]
+    box = _bounding_box(lungs, margin)
+    if n == 0 or box is None:
+        return out
+    shape = np.array([b.stop - b.start for b in box])
+    offset = np.array([b.start for b in box])
+    index = np.rint(world_to_index_zyx(positions, work.origin, spacing, work.direction)).astype(np.int64) - offset
+    index = np.clip(index, 0, shape - 1)
+    # Padding with "outside" makes the scan's own faces count as wall.
+    inside = np.pad(lungs[box], 1)
+    wall = distance_transform_edt(inside, sampling=spacing[::-1])[1:-1, 1:-1, 1:-1]
+    out["wall_mm"] = wall[index[:, 0], index[:, 1], index[:, 2]].astype(np.float64)
+    dev = _device(device)
+    volume = torch.as_tensor(np.ascontiguousarray(work.array[box], np.float32), device=dev)
+    surround = volume
+    for axis, s in zip(range(3), spacing[::-1]):
+        surround = correlate1d(surround, gaussian_derivative_kernels(SURROUND_SIGMA_MM, float(s), device=dev)[0], axis)
+    at = [torch.as_tensor(index[:, a], device=dev) for a in range(3)]
+    background = surround[at[0], at[1], at[2]].double().cpu().numpy()
+    del surround
+    for sigma in HESSIAN_SCALES_MM:
+        value, eig = _sample_scale(volume, spacing, sigma, index)
+        out[f"hessian_{sigma:g}mm"] = eig
+        out[f"contrast_{sigma:g}mm"] = value - background
+    return out
+
+
 def score_clusters(clusters: Clusters) -> np.ndarray:
     """A nodule-likeness score in (0, 1) from size, roundness and intensity.
 
@@ -655,7 +799,7 @@ def find_clusters(scan: Scan, config: DetectorConfig | None = None, timings: dic
     config : DetectorConfig, optional
         Settings; the defaults when None.
     timings : dict, optional
-        Filled with the seconds per stage up to "mean_shift".
+        Filled with the seconds per stage up to "context".
 
     Returns
     -------
@@ -668,7 +812,7 @@ def find_clusters(scan: Scan, config: DetectorConfig | None = None, timings: dic
     """
     config = config or DetectorConfig()
     timings = {} if timings is None else timings
-    X, voxel_volume, _, _ = voxel_features(scan, config, timings)
+    X, voxel_volume, work, lungs = voxel_features(scan, config, timings)
     t0 = time.perf_counter()
     centers, labels = mean_shift_clusters(X, config)
     timings["mean_shift"] = time.perf_counter() - t0
@@ -680,11 +824,37 @@ def find_clusters(scan: Scan, config: DetectorConfig | None = None, timings: dic
     clusters = cluster_statistics(X, centers, labels, voxel_volume, bandwidth=bandwidth, core_mm=config.core_mm)
     n_clusters = len(clusters)
     clusters = clusters.take(clusters.n_voxels >= config.min_cluster_voxels)
+    t1 = time.perf_counter()
+    for name, values in context_features(work, lungs, clusters.center, config.device).items():
+        setattr(clusters, name, values)
+    timings["context"] = time.perf_counter() - t1
     return clusters, len(X), n_clusters
 
 
-def suppress_near(center: np.ndarray, scores: np.ndarray, radius_mm: float) -> np.ndarray:
-    """Indices best first, without those within ``radius_mm`` of a better kept one.
+def suppress_near(
+    center: np.ndarray,
+    scores: np.ndarray,
+    radius_mm: float,
+    *,
+    radius_per: np.ndarray | None = None,
+) -> np.ndarray:
+    """Indices best first, without those within the suppression radius of a better kept one.
+
+    Parameters
+    ----------
+    center : ndarray of shape (n, 3)
+        Candidate positions (mm).
+    scores : ndarray of shape (n,)
+        Higher is better.
+    radius_mm : float
+        Suppression radius; 0 keeps all.
+    radius_per : ndarray of shape (n,), optional
+        A radius per candidate, used instead of ``radius_mm`` when that
+        candidate is kept (see :func:`suppression_radius`).
+
+    Returns
+    -------
+    order : ndarray of int
 
     Examples
     --------
@@ -693,12 +863,15 @@ def suppress_near(center: np.ndarray, scores: np.ndarray, radius_mm: float) -> n
     [1, 2]
     >>> suppress_near(c, np.array([0.5, 0.9, 0.1]), 0.0).tolist()
     [1, 0, 2]
+    >>> suppress_near(c, np.array([0.5, 0.9, 0.1]), 5.0, radius_per=np.array([5.0, 8.0, 5.0])).tolist()
+    [1]
     """
     order = np.argsort(-np.asarray(scores), kind="stable")
     if radius_mm <= 0 or len(order) == 0:
         return order
     from scipy.spatial import cKDTree
 
+    radius = np.full(len(order), float(radius_mm)) if radius_per is None else np.asarray(radius_per, np.float64)
     tree = cKDTree(np.asarray(center, np.float64))
     suppressed = np.zeros(len(order), bool)
     keep = []
@@ -706,8 +879,29 @@ def suppress_near(center: np.ndarray, scores: np.ndarray, radius_mm: float) -> n
         if suppressed[i]:
             continue
         keep.append(i)
-        suppressed[tree.query_ball_point(center[i], radius_mm)] = True
+        suppressed[tree.query_ball_point(center[i], radius[i])] = True
     return np.asarray(keep, np.int64)
+
+
+def suppression_radius(clusters: Clusters, config: DetectorConfig) -> np.ndarray | None:
+    """Per-candidate suppression radius: ``nms_large_mm`` inside large objects, else ``nms_mm``.
+
+    A candidate whose 10 mm ball is more than ``nms_large_density`` filled
+    with voxels of interest sits inside something large (a big nodule, which
+    mean shift splits into tens of modes, or a vessel junction); 5 mm around
+    it would leave its object's other modes to fill the list.
+
+    Examples
+    --------
+    >>> c = Clusters(center=np.zeros((2, 3)), **{k: np.zeros(2) for k in ("n_voxels", "volume_mm3",
+    ...     "mean_hu", "mean_si", "round_fraction", "elongation", "extent_mm")}, density_10mm=np.array([0.9, 0.1]))
+    >>> suppression_radius(c, DetectorConfig(nms_mm=5.0, nms_large_mm=15.0, nms_large_density=0.5)).tolist()
+    [15.0, 5.0]
+    """
+    if config.nms_large_mm <= config.nms_mm or clusters.density_10mm is None:
+        return None
+    large = np.asarray(clusters.density_10mm) > config.nms_large_density
+    return np.where(large, config.nms_large_mm, config.nms_mm)
 
 
 def detect_candidates(
@@ -752,7 +946,8 @@ def detect_candidates(
     clusters, n_points, n_clusters = find_clusters(scan, config, timings)
     t1 = time.perf_counter()
     scores = np.asarray(scorer(clusters), np.float64)
-    order = suppress_near(clusters.center, scores, config.nms_mm)[: config.max_candidates]
+    radius = suppression_radius(clusters, config)
+    order = suppress_near(clusters.center, scores, config.nms_mm, radius_per=radius)[: config.max_candidates]
     clusters = clusters.take(order)
     candidates = [
         Finding(scan.seriesuid, *map(float, clusters.center[i]), float(scores[k]))

@@ -358,6 +358,7 @@ def compiled_rowsum_step(seeds: torch.Tensor, index: RowSumIndex) -> StepResult:
 # Seeds stepped together over each row: enough to reuse the row's cache
 # lines many times, few enough to leave work for every thread.
 _GROUP_SEEDS = 64
+_SEEDS_PER_THREAD = 2048
 
 
 def _seed_groups(q: torch.Tensor, index: RowSumIndex) -> np.ndarray:
@@ -395,7 +396,8 @@ def _run_in_threads(run, group_starts) -> None:
     entered from two threads at once.
     """
     n_groups = group_starts.shape[0] - 1
-    threads = max(1, min(torch.get_num_threads(), n_groups))
+    # Starting threads costs ~0.1 ms: small batches of seeds run in this one.
+    threads = max(1, min(torch.get_num_threads(), n_groups, int(group_starts[-1]) // _SEEDS_PER_THREAD))
     if threads == 1:
         run(0, n_groups)
         return

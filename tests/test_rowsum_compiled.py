@@ -42,6 +42,9 @@ def test_equals_the_torch_row_sums_bit_for_bit_and_dense_to_rounding(n_features,
 
 def test_threads_do_not_change_a_bit():
     data, seeds = _data(3, torch.float64, seed=3)
+    # Enough seeds for two threads (small batches run in one).
+    seeds = torch.cat([seeds + 0.01 * k for k in range(12)])
+    assert seeds.shape[0] >= 2 * _rowsum._SEEDS_PER_THREAD
     index = RowSumIndex(data, None, 2)
     before = torch.get_num_threads()
     try:

@@ -178,6 +178,12 @@ def rowsum_step(
     return _step(seeds, index, _accumulate, max_pairs)
 
 
+def _own_row_keys(q: torch.Tensor, index: RowSumIndex) -> torch.Tensor:
+    """Key of the row cell each (float64) seed lies in; all 0 in 1-D, where there is one row."""
+    own = torch.floor(q[:, 1:] * index.m).long()
+    return ((own - index.origin) * index.strides).sum(1)
+
+
 def _step(seeds, index, accumulate, max_pairs) -> StepResult:
     n_seeds, d = seeds.shape
     if d != index.n_features:
@@ -187,8 +193,7 @@ def _step(seeds, index, accumulate, max_pairs) -> StepResult:
         return StepResult(seeds.clone(), torch.full((n_seeds,), -math.inf, dtype=seeds.dtype, device=device))
     # Seeds in the data's (row, x_0) order: neighbouring seeds search and
     # read neighbouring stretches of the sorted data.
-    own = torch.floor(seeds[:, 1:].to(torch.float64) * index.m).long()
-    row_key = ((own - index.origin) * index.strides).sum(1)
+    row_key = _own_row_keys(seeds.to(torch.float64), index)
     by_x = torch.argsort(seeds[:, 0], stable=True)
     order = by_x[torch.argsort(row_key[by_x], stable=True)]
     ordered = seeds[order]
@@ -370,15 +375,10 @@ def _seed_groups(q: torch.Tensor, index: RowSumIndex) -> np.ndarray:
     n = q.shape[0]
     if n == 0:
         return np.zeros(1, dtype=np.int64)
-    if index.n_features > 1:
-        own = torch.floor(q[:, 1:] * index.m).long()
-        key = ((own - index.origin) * index.strides).sum(1).numpy()
-        is_start = np.empty(n, dtype=bool)
-        is_start[0] = True
-        np.not_equal(key[1:], key[:-1], out=is_start[1:])
-    else:
-        is_start = np.zeros(n, dtype=bool)
-        is_start[0] = True
+    key = _own_row_keys(q, index).numpy()
+    is_start = np.empty(n, dtype=bool)
+    is_start[0] = True
+    np.not_equal(key[1:], key[:-1], out=is_start[1:])
     starts = np.flatnonzero(is_start)
     group = np.cumsum(is_start) - 1
     position = np.arange(n) - starts[group]
@@ -410,25 +410,10 @@ def _run_in_threads(run, group_starts) -> None:
 
 
 def _tables(index: RowSumIndex) -> tuple:
-    """The index's arrays as numpy views, built once per index."""
-    cached = getattr(index, "_compiled_tables", None)
-    if cached is not None:
-        return cached
-    d = index.n_features
-    tables = (
-        index.row_keys.contiguous().numpy(),
-        index.row_bounds.contiguous().numpy(),
-        index.first_coordinate.contiguous().numpy(),
-        index.points.contiguous().numpy(),
-        index.summands.contiguous().numpy(),
-        index.prefix.contiguous().numpy(),
-        (index.origin if d > 1 else torch.zeros(0, dtype=torch.long)).contiguous().numpy(),
-        (index.strides if d > 1 else torch.zeros(0, dtype=torch.long)).contiguous().numpy(),
-        (index.cell_lo if d > 1 else torch.zeros(0, dtype=torch.long)).contiguous().numpy(),
-        (index.cell_hi if d > 1 else torch.zeros(0, dtype=torch.long)).contiguous().numpy(),
-    )
-    index._compiled_tables = tables
-    return tables
+    """The index's arrays as numpy views (shared memory), in the kernel's argument order."""
+    arrays = (index.row_keys, index.row_bounds, index.first_coordinate, index.points, index.summands,
+              index.prefix, index.origin, index.strides, index.cell_lo, index.cell_hi)
+    return tuple(a.contiguous().numpy() for a in arrays)
 
 
 def _summands(z: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, float, float]:

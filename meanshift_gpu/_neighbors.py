@@ -98,7 +98,10 @@ _TILE_ELEMENTS_AT_START = 1 << 20
 _ROW_SUMS_MIN_WINDOW = 400  # mean points per window, estimated from the grid
 _ROW_CELLS_16_FROM = 1500
 # Compiled: (windows below this, cells per bandwidth), by dimension; see row_cells.
-_COMPILED_ROW_CELLS = {2: ((300, 2), (3000, 8), (math.inf, 16)), 3: ((300, 1), (3000, 2), (math.inf, 4))}
+_COMPILED_ROW_CELLS = {
+    2: ((2500, 1), (8000, 2), (50000, 4), (math.inf, 8)),
+    3: ((5000, 1), (30000, 2), (math.inf, 4)),
+}
 # The compiled row sums (numba, CPU) also take 3-D, and beat the batched grid
 # at every window size measured (2-D: 6x at 10 points per window, 20x at 800;
 # 3-D: even at 10 points, 13x at 560).
@@ -394,8 +397,9 @@ def row_cells(n_features: int, window: float, compiled: bool = False) -> int:
 
     * torch version, 2-D: m = 8 was best at 300-1,000 points per window,
       m = 16 at 3,000-10,000 (24 was no better);
-    * compiled, 2-D: m = 2 up to ~100 points, 4-8 at ~1,000, 16 at ~8,000;
-    * compiled, 3-D: m = 1 up to ~100 points, 2 at ~1,000, 4 at ~8,000.
+    * compiled (its band test is vectorised, so a wide band costs little and
+      few rows pay), 2-D: m = 1 up to ~2,500 points, 2 to ~8,000, 4 at
+      10,000-30,000; 3-D: m = 1 up to ~5,000, 2 at 10,000-30,000.
 
     Other cases use ``ROW_CELLS``.
     """

@@ -40,6 +40,94 @@ def test_equals_the_torch_row_sums_bit_for_bit_and_dense_to_rounding(n_features,
     torch.testing.assert_close(compiled.log_density, dense.log_density, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("n_features, cells", [(2, 1), (3, 1), (3, 2)])
+def test_dense_windows_equal_the_torch_row_sums(n_features, cells):
+    # Hundreds of points per run: the interior is searched (galloping from the
+    # last seed's bounds) rather than the whole run tested.
+    g = torch.Generator().manual_seed(11)
+    data = (torch.randn(6000, n_features, generator=g, dtype=torch.float64) * 0.6).to(torch.float32)
+    seeds = torch.cat([data[:400], data[:50] + 0.3])
+    index = RowSumIndex(data, None, cells)
+    compiled = compiled_rowsum_step(seeds, index)
+    vectorised = rowsum_step(seeds, index)
+    assert float(compiled.log_density.exp().median()) > 300  # the windows really are full
+    assert torch.equal(compiled.positions, vectorised.positions)
+    assert torch.equal(compiled.log_density, vectorised.log_density)
+
+
+@pytest.mark.parametrize("n_features", [2, 3])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_groups_sharing_their_rows_change_no_bit(n_features, dtype, weighted):
+    # Seeds crowded around a few points (as late in a fit) form compact
+    # groups that take the shared path; scattered ones step one by one.
+    g = torch.Generator().manual_seed(5)
+    data = (torch.randn(8000, n_features, generator=g, dtype=torch.float64) * 0.7).to(dtype)
+    lattice = torch.round(data[:500] * 4) / 4  # points exactly on window edges
+    data = torch.cat([data, lattice])
+    crowds = torch.cat([c + 1e-3 * torch.randn(150, n_features, generator=g, dtype=torch.float64)
+                        for c in torch.randn(4, n_features, generator=g, dtype=torch.float64) * 0.5]).to(dtype)
+    seeds = torch.cat([crowds, data[:300], lattice[:50]])
+    weights = torch.rand(data.shape[0], generator=g, dtype=torch.float64).to(dtype) + 0.1 if weighted else None
+    index = RowSumIndex(data, weights, 2)
+    alone = compiled_rowsum_step(seeds, index, shared_radius=0.0)
+    for radius in (0.01, 0.25, 2.0):
+        shared = compiled_rowsum_step(seeds, index, shared_radius=radius)
+        assert torch.equal(shared.positions, alone.positions)
+        assert torch.equal(shared.log_density, alone.log_density)
+    assert torch.equal(alone.positions, rowsum_step(seeds, index).positions)
+
+
+def test_compact_groups_share_a_row_cell_and_are_small():
+    from meanshift_gpu._rowsum_compiled import split_groups
+
+    g = torch.Generator().manual_seed(2)
+    # Seeds crowded around two modes, as late in a fit, plus scattered ones.
+    q = torch.cat([torch.randn(2500, 3, generator=g, dtype=torch.float64) * 0.05 + c for c in (0.1, 2.0)]
+                  + [torch.randn(500, 3, generator=g, dtype=torch.float64) * 3])
+    index = RowSumIndex(q, None, 2)
+    order, keys, codes = _rowsum._compact_order(q, index)
+    assert sorted(order.tolist()) == list(range(q.shape[0]))
+    assert np.array_equal(keys, _rowsum._own_row_keys(q, index).numpy()[order])
+    starts = split_groups(keys, codes, 62, 64)
+    assert starts[0] == 0 and starts[-1] == q.shape[0] and (np.diff(starts) > 0).all()
+    assert np.diff(starts).max() <= 64
+    for a, b in zip(starts[:-1], starts[1:]):
+        assert (keys[a:b] == keys[a]).all()
+
+    # The crowds alone: groups against runs of 64 in row order (own row cell, then the first coordinate).
+    crowd = q[:5000]
+    order, keys, codes = _rowsum._compact_order(crowd, index)
+    starts = split_groups(keys, codes, 62, 64)
+    by_row = np.lexsort((crowd[:, 0].numpy(), _rowsum._own_row_keys(crowd, index).numpy()))
+
+    def mean_extent(idx, bounds):
+        boxes = [crowd[torch.from_numpy(idx[a:b])] for a, b in zip(bounds[:-1], bounds[1:])]
+        return float(np.mean([float((x.amax(0) - x.amin(0)).norm()) for x in boxes]))
+
+    assert mean_extent(order, starts) < 0.5 * mean_extent(by_row, np.arange(0, crowd.shape[0] + 63, 64).clip(0, 5000))
+
+
+def test_spread_bits_interleaves():
+    values = np.array([0b101, 0b11], dtype=np.uint64)
+    assert _rowsum._spread_bits(values, 2).tolist() == [0b10001, 0b101]
+    assert _rowsum._spread_bits(values, 3).tolist() == [0b1000001, 0b1001]
+
+
+def test_galloping_searches_equal_numpy_searchsorted():
+    from meanshift_gpu._rowsum_compiled import lower_bound_near, upper_bound_near
+
+    rng = np.random.default_rng(0)
+    values = np.sort(np.round(rng.normal(size=300) * 4) / 4)  # many ties
+    for _ in range(3000):
+        lo, hi = sorted(rng.integers(0, values.size + 1, size=2))
+        target = float(np.round(rng.normal() * 16) / 16)
+        hint = int(rng.integers(-3, values.size + 3))
+        part = values[lo:hi]
+        assert lower_bound_near(values, lo, hi, target, hint) == lo + np.searchsorted(part, target, "left")
+        assert upper_bound_near(values, lo, hi, target, hint) == lo + np.searchsorted(part, target, "right")
+
+
 def test_threads_do_not_change_a_bit():
     data, seeds = _data(3, torch.float64, seed=3)
     # Enough seeds for two threads (small batches run in one).
@@ -148,11 +236,12 @@ def test_size_table_with_the_compiled_row_sums():
     assert pick() == "grid"  # 2.5e7 pairs: the compiled 3-D grid beats dense
     assert pick(compiled=False) == "dense"
     assert pick(kernel="gaussian") == "dense"
-    assert _neighbors.row_cells(3, 50, compiled=True) == 1
-    assert _neighbors.row_cells(3, 1000, compiled=True) == 2
-    assert _neighbors.row_cells(3, 8000, compiled=True) == 4
-    assert _neighbors.row_cells(2, 50, compiled=True) == 2
-    assert _neighbors.row_cells(2, 8000, compiled=True) == 16
+    windows = [1, 10, 100, 1e3, 3e3, 1e4, 3e4, 1e5, 1e7]
+    for d in (2, 3):
+        cells = [_neighbors.row_cells(d, w, compiled=True) for w in windows]
+        # Finer rows only for fuller windows, always a power of two (exact cell bounds).
+        assert cells == sorted(cells) and cells[0] == 1 and cells[-1] > 1
+        assert all(c & (c - 1) == 0 for c in cells)
     assert _neighbors.row_cells(1, 8000, compiled=True) == 1
 
 

@@ -110,7 +110,9 @@ def upper_bound_near(values, lo, hi, target, hint):
     return upper_bound(values, max(bound + 1, lo), above, target)
 
 
-@numba.njit(inline="always")
+# Not inlined (nor shared_row_sums): at every call site its three loops were
+# compiled again, and numba's first compile of the module took twice as long.
+@numba.njit(nogil=True, cache=True)
 def band_sums(lo, hi, d, s0, s1, s2, coords, sums):
     """Sums ``[w x_0, w x_1, w x_2, w]`` (int64; features beyond ``d`` give 0) over the points of
     ``[lo, hi)`` inside the seed's window, tested one by one.
@@ -277,7 +279,7 @@ def _cell_distances(lo, hi, box_lo, box_hi):
     return gap, far
 
 
-@numba.njit(inline="always")
+@numba.njit(nogil=True, cache=True)
 def shared_row_sums(q, seeds, i0, i1, d, rank, lo_last, hi_last, lo_1, hi_1, box_lo, box_hi, center,
                     radius, row_bounds, first, coords, sums, prefix, margin, scratch_coords, scratch_sums,
                     acc):

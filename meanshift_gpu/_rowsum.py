@@ -367,8 +367,8 @@ def compiled_rowsum_step(seeds: torch.Tensor, index: RowSumIndex, shared_radius:
 
     def accumulate(ordered, index_, acc, max_pairs):
         # Compact groups (seeds close in every coordinate) can share their rows' work.
-        order, keys, codes = _compact_order(ordered.to(torch.float64), index_)
-        groups = split_groups(keys, codes, _MORTON_BITS[index_.n_features] * index_.n_features - 1, _GROUP_SEEDS)
+        order, keys, codes, top_bit = _compact_order(ordered.to(torch.float64), index_)
+        groups = split_groups(keys, codes, top_bit, _GROUP_SEEDS)
         compact = torch.from_numpy(order)
         q = ordered[compact].to(torch.float64).contiguous()
         arguments = (q.numpy(), ordered[compact].contiguous().numpy(), groups)
@@ -393,38 +393,59 @@ SHARED_RADIUS = 0.25
 _MORTON_BITS = {1: 62, 2: 31, 3: 21}
 
 
-def _compact_order(q: torch.Tensor, index: RowSumIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _compact_order(q: torch.Tensor, index: RowSumIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Seeds ordered by their own row cell, then along a Morton (Z-order) curve.
 
-    Returns the order and, in that order, the own row keys and Morton codes
-    (for ``_rowsum_compiled.split_groups``: all seeds of a group share their
-    row cell, so they have the same rows around them, and fit in a small box).
+    Returns the order; in that order, the own row keys and Morton codes; and
+    the codes' top bit (for ``_rowsum_compiled.split_groups``: all seeds of a
+    group share their row cell, so they have the same rows around them, and
+    fit in a small box).  One sort of a 63-bit (run of the row cell, code)
+    key, in torch: ``np.lexsort`` on the two took 0.25 s per step at 10**6
+    seeds, this ~0.06 s.
     """
     n, d = q.shape
-    key = _own_row_keys(q, index).numpy()
+    key = _own_row_keys(q, index)
     if n == 0:
-        return np.zeros(0, dtype=np.int64), key, np.zeros(0, dtype=np.uint64)
-    bits = _MORTON_BITS[d]
-    z = q.numpy()
-    low = z.min(0)
-    span = float((z.max(0) - low).max())
+        return np.zeros(0, dtype=np.int64), key.numpy(), np.zeros(0, dtype=np.int64), 0
+    by_key = None
+    if not bool((key[1:] >= key[:-1]).all()):  # the step hands them over sorted by row cell already
+        by_key = torch.argsort(key, stable=True)
+        key, q = key[by_key], q[by_key]
+    run = torch.zeros(n, dtype=torch.long)
+    torch.cumsum(key[1:] != key[:-1], 0, out=run[1:])
+    bits = min(_MORTON_BITS[d], (63 - int(run[-1]).bit_length()) // d)
+    low = q.amin(0)
+    span = float((q.amax(0) - low).max())
     scale = (2.0**bits - 1) / span if span > 0 else 0.0
-    cells = np.clip(np.floor((z - low) * scale), 0, 2.0**bits - 1).astype(np.uint64)
-    morton = np.zeros(n, dtype=np.uint64)
+    cells = ((q - low) * scale).floor_().clamp_(0, 2**bits - 1).long()
+    codes = torch.zeros(n, dtype=torch.long)
     for j in range(d):
-        morton |= _spread_bits(cells[:, j], d) << np.uint64(j)
-    order = np.lexsort((morton, key)).astype(np.int64)
-    return order, np.ascontiguousarray(key[order]), np.ascontiguousarray(morton[order])
+        codes |= _spread_bits(cells[:, j], d) << j
+    local = torch.argsort(codes | (run << (bits * d)))
+    order = local if by_key is None else by_key[local]
+    return order.numpy(), key[local].contiguous().numpy(), codes[local].contiguous().numpy(), bits * d - 1
 
 
-def _spread_bits(values: np.ndarray, d: int) -> np.ndarray:
-    """Put bit ``k`` of each value at bit ``d * k`` (``d`` = 1, 2, 3)."""
+def _spread_bits(values: torch.Tensor, d: int) -> torch.Tensor:
+    """Put bit ``k`` of each (int64) value at bit ``d * k`` (``d`` = 1, 2, 3; values below ``2**_MORTON_BITS[d]``)."""
     if d == 1:
-        return values
-    out = np.zeros_like(values)
-    for k in range(_MORTON_BITS[d]):
-        out |= ((values >> np.uint64(k)) & np.uint64(1)) << np.uint64(d * k)
-    return out
+        return values.clone()
+    v = values.clone()
+    for shift, mask in _SPREAD_MASKS[d]:
+        v = (v | (v << shift)) & mask
+    return v
+
+
+# Shift-and-mask steps that spread 31 bits two apart, or 21 bits three apart
+# (every mask is below 2**63: int64 arithmetic is exact here).
+_SPREAD_MASKS = {
+    2: ((16, 0x0000FFFF0000FFFF), (8, 0x00FF00FF00FF00FF), (4, 0x0F0F0F0F0F0F0F0F), (2, 0x3333333333333333),
+        (1, 0x5555555555555555)),
+    3: ((32, 0x1F00000000FFFF), (16, 0x1F0000FF0000FF), (8, 0x100F00F00F00F00F), (4, 0x10C30C30C30C30C3),
+        (2, 0x1249249249249249)),
+}
+
+
 _SEEDS_PER_THREAD = 2048
 
 

@@ -234,7 +234,7 @@ def split_groups(keys, codes, top_bit, max_size):
                     k += 1
                 continue
             # Codes of a piece share every bit above ``bit``: those with it clear come first.
-            mask = np.uint64(1) << np.uint64(bit)
+            mask = np.int64(1) << bit
             a, b = lo, hi
             while a < b:
                 middle = (a + b) >> 1

@@ -86,10 +86,11 @@ def test_compact_groups_share_a_row_cell_and_are_small():
     q = torch.cat([torch.randn(2500, 3, generator=g, dtype=torch.float64) * 0.05 + c for c in (0.1, 2.0)]
                   + [torch.randn(500, 3, generator=g, dtype=torch.float64) * 3])
     index = RowSumIndex(q, None, 2)
-    order, keys, codes = _rowsum._compact_order(q, index)
+    order, keys, codes, top = _rowsum._compact_order(q, index)
     assert sorted(order.tolist()) == list(range(q.shape[0]))
     assert np.array_equal(keys, _rowsum._own_row_keys(q, index).numpy()[order])
-    starts = split_groups(keys, codes, 62, 64)
+    assert (np.diff(keys) >= 0).all() and (np.diff(codes)[np.diff(keys) == 0] >= 0).all()
+    starts = split_groups(keys, codes, top, 64)
     assert starts[0] == 0 and starts[-1] == q.shape[0] and (np.diff(starts) > 0).all()
     assert np.diff(starts).max() <= 64
     for a, b in zip(starts[:-1], starts[1:]):
@@ -97,8 +98,8 @@ def test_compact_groups_share_a_row_cell_and_are_small():
 
     # The crowds alone: groups against runs of 64 in row order (own row cell, then the first coordinate).
     crowd = q[:5000]
-    order, keys, codes = _rowsum._compact_order(crowd, index)
-    starts = split_groups(keys, codes, 62, 64)
+    order, keys, codes, top = _rowsum._compact_order(crowd, index)
+    starts = split_groups(keys, codes, top, 64)
     by_row = np.lexsort((crowd[:, 0].numpy(), _rowsum._own_row_keys(crowd, index).numpy()))
 
     def mean_extent(idx, bounds):
@@ -109,9 +110,15 @@ def test_compact_groups_share_a_row_cell_and_are_small():
 
 
 def test_spread_bits_interleaves():
-    values = np.array([0b101, 0b11], dtype=np.uint64)
+    values = torch.tensor([0b101, 0b11])
     assert _rowsum._spread_bits(values, 2).tolist() == [0b10001, 0b101]
     assert _rowsum._spread_bits(values, 3).tolist() == [0b1000001, 0b1001]
+    g = torch.Generator().manual_seed(0)
+    for d in (2, 3):
+        bits = _rowsum._MORTON_BITS[d]
+        v = torch.randint(0, 2**bits, (200,), generator=g)
+        slow = [sum(((int(x) >> k) & 1) << (d * k) for k in range(bits)) for x in v]
+        assert _rowsum._spread_bits(v, d).tolist() == slow
 
 
 def test_galloping_searches_equal_numpy_searchsorted():

@@ -373,7 +373,8 @@ def compiled_rowsum_step(seeds: torch.Tensor, index: RowSumIndex, shared_radius:
         q = ordered[compact].to(torch.float64).contiguous()
         arguments = (q.numpy(), ordered[compact].contiguous().numpy(), groups)
         sums = torch.zeros_like(acc)
-        constants = (*tables, int(index_.m), float(_INTERIOR_MARGIN), float(shared_radius), sums.numpy())
+        constants = (*tables, int(index_.m), float(_INTERIOR_MARGIN), float(shared_radius),
+                     index_.weights is None, sums.numpy())
         _run_in_threads(lambda g0, g1: accumulate_groups(*arguments, g0, g1, *constants), groups)
         acc[compact] = sums
 

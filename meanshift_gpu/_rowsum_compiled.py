@@ -113,7 +113,7 @@ def upper_bound_near(values, lo, hi, target, hint):
 # Not inlined (nor shared_row_sums): at every call site its three loops were
 # compiled again, and numba's first compile of the module took twice as long.
 @numba.njit(nogil=True, cache=True)
-def band_sums(lo, hi, d, s0, s1, s2, coords, sums):
+def band_sums(lo, hi, d, s0, s1, s2, coords, sums, unit):
     """Sums ``[w x_0, w x_1, w x_2, w]`` (int64; features beyond ``d`` give 0) over the points of
     ``[lo, hi)`` inside the seed's window, tested one by one.
 
@@ -121,6 +121,7 @@ def band_sums(lo, hi, d, s0, s1, s2, coords, sums):
     negative-index wrap to every load, which keeps LLVM from vectorising the
     loop (measured: 3.7 ns per point against 0.4 ns).  A 0/1 select instead
     of a branch: about half of a band is inside, so a branch would mispredict.
+    ``unit``: every point counts 1 (no weights), so the count column is not read.
     """
     a0 = np.int64(0)
     a1 = np.int64(0)
@@ -133,9 +134,12 @@ def band_sums(lo, hi, d, s0, s1, s2, coords, sums):
             diff = s0 - first[p]
             inside = diff * diff <= 1.0
             a0 += w0[p] if inside else 0
-            a1 += w1[p] if inside else 0
+            if unit:
+                a1 += 1 if inside else 0
+            else:
+                a1 += w1[p] if inside else 0
     elif d == 2:
-        second, w2 = coords[1], sums[2]
+        second, w2 = coords[1], sums[d]
         for p in range(numba.uint64(lo), numba.uint64(hi)):
             diff = s0 - first[p]
             d2 = diff * diff
@@ -144,9 +148,12 @@ def band_sums(lo, hi, d, s0, s1, s2, coords, sums):
             inside = d2 <= 1.0
             a0 += w0[p] if inside else 0
             a1 += w1[p] if inside else 0
-            a2 += w2[p] if inside else 0
+            if unit:
+                a2 += 1 if inside else 0
+            else:
+                a2 += w2[p] if inside else 0
     else:
-        second, third, w2, w3 = coords[1], coords[2], sums[2], sums[3]
+        second, third, w2, w3 = coords[1], coords[2], sums[2], sums[d]
         for p in range(numba.uint64(lo), numba.uint64(hi)):
             diff = s0 - first[p]
             d2 = diff * diff
@@ -158,13 +165,16 @@ def band_sums(lo, hi, d, s0, s1, s2, coords, sums):
             a0 += w0[p] if inside else 0
             a1 += w1[p] if inside else 0
             a2 += w2[p] if inside else 0
-            a3 += w3[p] if inside else 0
+            if unit:
+                a3 += 1 if inside else 0
+            else:
+                a3 += w3[p] if inside else 0
     return a0, a1, a2, a3
 
 
 @numba.njit(inline="always")
 def row_sums(q0, s0, s1, s2, d, rank, rho_min2, rho_max2, row_bounds, first, coords, sums, prefix,
-             margin, hints):
+             margin, hints, unit):
     """One row's share of a seed's window: ``[sum w x_0, sum w x_1, sum w x_2, sum w]``.
 
     Four int64 scalars (features beyond ``d`` give 0) rather than an array, so
@@ -187,8 +197,8 @@ def row_sums(q0, s0, s1, s2, d, rank, rho_min2, rho_max2, row_bounds, first, coo
         hi_in = upper_bound_near(first, lo_in, hi_out, q0 + reach_in, hints[3])
         hints[2], hints[3] = lo_in, hi_in
     # The band, [lo_out, lo_in) and [hi_in, hi_out), is tested; the interior summed.
-    a0, a1, a2, a3 = band_sums(lo_out, lo_in, d, s0, s1, s2, coords, sums)
-    b0, b1, b2, b3 = band_sums(hi_in, hi_out, d, s0, s1, s2, coords, sums)
+    a0, a1, a2, a3 = band_sums(lo_out, lo_in, d, s0, s1, s2, coords, sums, unit)
+    b0, b1, b2, b3 = band_sums(hi_in, hi_out, d, s0, s1, s2, coords, sums, unit)
     a0 += b0
     a1 += b1
     a2 += b2
@@ -282,7 +292,7 @@ def _cell_distances(lo, hi, box_lo, box_hi):
 @numba.njit(nogil=True, cache=True)
 def shared_row_sums(q, seeds, i0, i1, d, rank, lo_last, hi_last, lo_1, hi_1, box_lo, box_hi, center,
                     radius, row_bounds, first, coords, sums, prefix, margin, scratch_coords, scratch_sums,
-                    acc):
+                    unit, acc):
     """One row's share of the windows of a compact group of seeds, ``i0 .. i1 - 1``, into ``acc``.
 
     The row's points that lie in every seed's window for sure (the run
@@ -355,14 +365,14 @@ def shared_row_sums(q, seeds, i0, i1, d, rank, lo_last, hi_last, lo_1, hi_1, box
             elif dist2 <= sure_out:
                 for j in range(d):
                     scratch_coords[j, k] = coords[j][p]
-                for j in range(d + 1):
+                for j in range(d if unit else d + 1):
                     scratch_sums[j, k] = sums[j, p]
                 k += 1
     for i in range(i0, i1):
         s0 = seeds[i, 0]
         s1 = seeds[i, 1]
         s2 = seeds[i, 2] if d == 3 else s0
-        b0, b1, b2, b3 = band_sums(0, k, d, s0, s1, s2, scratch_coords, scratch_sums)
+        b0, b1, b2, b3 = band_sums(0, k, d, s0, s1, s2, scratch_coords, scratch_sums, unit)
         acc[i, 0] += a0 + b0
         acc[i, 1] += a1 + b1
         acc[i, 2] += a2 + b2
@@ -372,7 +382,7 @@ def shared_row_sums(q, seeds, i0, i1, d, rank, lo_last, hi_last, lo_1, hi_1, box
 
 @numba.njit(nogil=True, cache=True)
 def accumulate_groups(q, seeds, group_starts, g_first, g_end, row_keys, row_bounds, first, coords,
-                      sums, prefix, origin, strides, cell_lo, cell_hi, m, margin, shared_radius, acc):
+                      sums, prefix, origin, strides, cell_lo, cell_hi, m, margin, shared_radius, unit, acc):
     """Add the window sums of the seeds of groups ``g_first .. g_end - 1`` into ``acc``.
 
     ``q`` are the seeds in float64 (geometry), ``seeds`` the same in their own
@@ -385,7 +395,7 @@ def accumulate_groups(q, seeds, group_starts, g_first, g_end, row_keys, row_boun
 
     A group of seeds that fits in a ball of radius ``shared_radius`` (late in
     a fit most do: seeds crowd around the modes) shares its rows' work: see
-    :func:`shared_row_sums`.
+    :func:`shared_row_sums`.  ``unit``: unweighted data (every count is 1).
     """
     d = q.shape[1]
     n_rows = row_keys.shape[0]
@@ -408,7 +418,7 @@ def accumulate_groups(q, seeds, group_starts, g_first, g_end, row_keys, row_boun
             for i in range(i0, i1):
                 s0 = seeds[i, 0]
                 a0, a1, a2, a3 = row_sums(q[i, 0], s0, s0, s0, d, 0, 0.0, 0.0, row_bounds, first,
-                                          coords, sums, prefix, margin, hints)
+                                          coords, sums, prefix, margin, hints, unit)
                 acc[i, 0] += a0
                 acc[i, 1] += a1
             continue
@@ -441,7 +451,7 @@ def accumulate_groups(q, seeds, group_starts, g_first, g_end, row_keys, row_boun
                 if shared:
                     shared_row_sums(q, seeds, i0, i1, d, ptr, lo_last, hi_last, lo_1, hi_1, box_lo, box_hi,
                                     center, radius, row_bounds, first, coords, sums, prefix, margin,
-                                    scratch_coords, scratch_sums, acc)
+                                    scratch_coords, scratch_sums, unit, acc)
                     continue
                 hints[:] = -1
                 for i in range(i0, i1):
@@ -464,7 +474,7 @@ def accumulate_groups(q, seeds, group_starts, g_first, g_end, row_keys, row_boun
                     s1 = seeds[i, 1]
                     s2 = seeds[i, 2] if d == 3 else s0
                     a0, a1, a2, a3 = row_sums(q[i, 0], s0, s1, s2, d, ptr, rho_min2, rho_max2,
-                                              row_bounds, first, coords, sums, prefix, margin, hints)
+                                              row_bounds, first, coords, sums, prefix, margin, hints, unit)
                     acc[i, 0] += a0
                     acc[i, 1] += a1
                     acc[i, 2] += a2

@@ -308,11 +308,13 @@ def test_tree_ensemble_export_matches_sklearn(tmp_path):
 
 
 def test_shipped_scorer_loads_and_scores_deterministically():
-    from examples.nodule_candidates.classifier import FEATURES, MODEL_PATH, TreeEnsemble, default_scorer
+    from examples.nodule_candidates.classifier import FEATURES, MODEL_PATH, TreeEnsemble, TwoStageScorer, default_scorer
     from examples.nodule_candidates.detect import cluster_statistics
 
     assert MODEL_PATH.is_file() and MODEL_PATH.stat().st_size < 150_000
-    model = default_scorer()
+    scorer = default_scorer()
+    assert isinstance(scorer, TwoStageScorer)
+    model = scorer.first
     assert isinstance(model, TreeEnsemble) and list(model.features) == list(FEATURES)
     # A round, dense 8 mm blob against a thin line of the same brightness.
     rng = np.random.default_rng(0)
@@ -373,3 +375,94 @@ def test_large_object_suppression_radius():
     assert suppress_near(center, scores, 5.0).tolist() == [0, 1, 2, 3]
     assert suppress_near(center, scores, 5.0, radius_per=radius).tolist() == [0, 3]
     assert suppression_radius(c, DetectorConfig(nms_large_mm=0.0)) is None
+
+
+# ------------------------------------------------------------- second stage
+def _blob_tube_wall_scan():
+    """1 x 1 x 2 mm voxels in -850 HU lung: an 8 mm ball, a 4 mm-wide tube along x and a wall (x >= 100)."""
+    z, y, x = np.mgrid[0:30, 0:64, 0:128].astype(np.float64)
+    zmm = 2.0 * z
+    volume = np.full(x.shape, -850.0)
+    volume[(x - 20) ** 2 + (y - 32) ** 2 + (zmm - 30) ** 2 <= 16] = 40.0
+    volume[((y - 32) ** 2 + (zmm - 30) ** 2 <= 4) & (x >= 45) & (x < 85)] = 40.0
+    volume[x >= 100] = 40.0
+    return nio.Scan(volume.astype(np.int16), [0, 0, 0], [1.0, 1.0, 2.0], seriesuid="patch")
+
+
+def test_patch_features_tell_a_ball_from_a_vessel_and_the_wall():
+    from examples.nodule_candidates.patches import PATCH_FEATURES, patch_features, patch_matrix
+
+    scan = _blob_tube_wall_scan()
+    f = patch_features(scan, np.array([[20.0, 32, 30], [65.0, 32, 30], [100.0, 32, 30], [20.0, 10, 30]]))
+    assert set(f) == set(PATCH_FEATURES) and patch_matrix(f).shape == (4, len(PATCH_FEATURES))
+    ball, tube, wall, air = 0, 1, 2, 3
+    # The ball: bright centre, profile down to the background by 6 mm, half-way radius near its 4 mm radius.
+    assert f["profile_0mm"][ball] > 500 and abs(f["profile_8mm"][ball]) < 20
+    assert 3.0 < f["half_radius_mm"][ball] < 5.0
+    assert f["bright_6mm"][ball] == 0 and f["bright_8mm"][ball] == 0
+    # ... and its component is round, 8 mm across and stays inside the cube.
+    assert f["component_roundness"][ball] > 0.8 and f["component_on_faces"][ball] == 0
+    assert 6.5 < np.exp(f["component_log_diameter"][ball]) < 9.5
+    # The tube: a few bright directions on every shell (its axis), a structure running through.
+    assert 0 < f["bright_8mm"][tube] < 0.15 and f["through_8mm"][tube] > 0.02
+    assert f["through_8mm"][ball] == pytest.approx(0, abs=1e-3)
+    assert f["component_on_faces"][tube] > 0 and f["component_roundness"][tube] < 0.4
+    # At the wall's face about half of every shell is bright.
+    assert 0.3 < f["bright_6mm"][wall] < 0.7
+    # Plain lung: no structure; no component (the centre is below the threshold).
+    assert f["component_log_diameter"][air] == 0 and f["bright_6mm"][air] == 0
+
+
+def test_patch_features_are_deterministic_and_empty_safe():
+    from examples.nodule_candidates.patches import PATCH_FEATURES, patch_features
+
+    scan = _blob_tube_wall_scan()
+    pos = np.array([[20.0, 32, 30], [65.0, 32, 30]])
+    a, b = patch_features(scan, pos), patch_features(scan, pos)
+    for name in PATCH_FEATURES:
+        np.testing.assert_array_equal(a[name], b[name])
+    assert all(len(v) == 0 for v in patch_features(scan, np.zeros((0, 3))).values())
+
+
+def test_reranker_json_round_trip(tmp_path):
+    from examples.nodule_candidates.classifier import RERANK_FEATURES, TreeEnsemble, fit_reranker
+
+    rng = np.random.default_rng(1)
+    F = rng.normal(size=(300, len(RERANK_FEATURES)))
+    y = (F[:, 0] + F[:, -1] > 0.8).astype(int)
+    model = fit_reranker(F, y, np.ones(300), {"note": "test"}, top_m=7)
+    back = TreeEnsemble.load(model.save(tmp_path / "r.json"))
+    assert back.meta["top_m"] == 7 and list(back.features) == list(RERANK_FEATURES)
+    G = rng.normal(size=(50, len(RERANK_FEATURES)))
+    np.testing.assert_allclose(back.decision_function(G), model.decision_function(G), atol=1e-4)
+
+
+def test_two_stage_scorer_rescoring_only_the_best_m(tmp_path):
+    from examples.nodule_candidates.classifier import RERANK_FEATURES, TreeEnsemble, TwoStageScorer, default_scorer
+    from examples.nodule_candidates.detect import Clusters
+
+    shipped = default_scorer()
+    assert list(shipped.second.features) == list(RERANK_FEATURES) and shipped.top_m == shipped.second.meta["top_m"]
+    # First stage: score = the cluster's mean HU; second: a stump on the patch centre HU
+    # (bright centres win), so the re-scored two can swap, the third stays below both.
+    first = TreeEnsemble(["mean_hu"], 0.0, 1.0, [{"feature": [-1], "threshold": [0.0], "left": [-1], "right": [-1],
+                                                   "value": [0.0]}])  # fmt: skip
+    first.decision_function = lambda F: np.asarray([0.3, 0.2, 0.1])  # stands in for the 25-feature trees
+    k = RERANK_FEATURES.index("centre_hu")
+    stump = {"feature": [k, -1, -1], "threshold": [-400.0, 0, 0], "left": [1, -1, -1], "right": [2, -1, -1],
+             "value": [0, -2.0, 2.0]}
+    second = TreeEnsemble(list(RERANK_FEATURES), 0.0, 1.0, [stump])
+    scan = _blob_tube_wall_scan()
+    # cluster 0 in plain lung, cluster 1 on the ball, cluster 2 on the tube
+    center = np.array([[20.0, 10, 30], [20.0, 32, 30], [65.0, 32, 30]])
+    c = Clusters(center=center, **{k: np.ones(3) for k in ("n_voxels", "volume_mm3", "mean_hu", "mean_si",
+                 "round_fraction", "elongation", "extent_mm", "mode_hu", "mode_si", "hu_std", "core_fraction",
+                 "core_si", "core_round", "density_3mm", "density_6mm", "density_10mm", "support_mm3", "wall_mm",
+                 "contrast_2mm", "contrast_4mm")},
+                 hessian_2mm=np.zeros((3, 3)), hessian_4mm=np.zeros((3, 3)))  # fmt: skip
+    timings = {}
+    s = TwoStageScorer(first, second, top_m=2)(c, work=scan, timings=timings)
+    assert s[1] > s[0] > s[2] > 0 and "patches" in timings
+    np.testing.assert_array_equal(s, TwoStageScorer(first, second, top_m=2)(c, work=scan))
+    with pytest.raises(ValueError):
+        TwoStageScorer(first, second, top_m=2)(c)

@@ -1,7 +1,7 @@
 """Command line: ``python -m examples.nodule_candidates {make-phantoms,detect,evaluate,train,demo}``.
 
 Run from the repository root.  ``train`` refits the shipped candidate
-scorer (``nodule_model.json``) on phantom sets with other seeds than any
+scorers (``nodule_model.json``, ``nodule_rerank.json``) on phantom sets with other seeds than any
 evaluation set::
 
     python -m examples.nodule_candidates make-phantoms /tmp/train192 --n 20 --shape 192 192 96 --seed 100
@@ -119,17 +119,35 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .classifier import TYPE_WEIGHTS, fit_model, training_table
+    from .classifier import (RERANK_TOP_M, TYPE_WEIGHTS, fit_model, fit_reranker, out_of_fold_scores,
+                             rerank_table, training_table)  # fmt: skip
 
     config = _config_from(args)
     t0 = time.perf_counter()
-    table = training_table(args.folders, config, progress=lambda line: print("  " + line, flush=True))
+
+    def progress(line):
+        print("  " + line, flush=True)
+
+    table = training_table(args.folders, config, progress=progress)
     meta = {"folders": [Path(f).name for f in args.folders], "n_scans": int(table["scan"].max()) + 1,
             "type_weights": TYPE_WEIGHTS}  # fmt: skip
     model = fit_model(table["F"], table["y"], table["w"], meta)
     path = model.save(args.out)
-    print(f"trained on {meta['n_scans']} scans, {len(table['y'])} clusters ({int(table['y'].sum())} on nodules) "
-          f"in {time.perf_counter() - t0:.1f} s; wrote {path} ({path.stat().st_size // 1024} KB)")  # fmt: skip
+    print(f"first stage: {meta['n_scans']} scans, {len(table['y'])} clusters ({int(table['y'].sum())} on nodules) "
+          f"in {time.perf_counter() - t0:.1f} s; wrote {path} ({path.stat().st_size // 1024} KB)",
+          flush=True)  # fmt: skip
+    if args.rerank_out is None:
+        return 0
+    # Second stage: trained on the first stage's out-of-fold ranking, which
+    # is what it will see on new scans.
+    t1 = time.perf_counter()
+    raw = out_of_fold_scores(table)
+    print(f"out-of-fold first-stage scores (5 folds) in {time.perf_counter() - t1:.1f} s", flush=True)
+    rows = rerank_table(table, raw, RERANK_TOP_M, working_mm=config.working_mm, progress=progress)
+    second = fit_reranker(rows["F"], rows["y"], rows["w"], {**meta, "folds": 5, "neg_keep": 0.25}, RERANK_TOP_M)
+    path = second.save(args.rerank_out)
+    print(f"second stage: {len(rows['y'])} rows ({int(rows['y'].sum())} on nodules); total "
+          f"{time.perf_counter() - t0:.1f} s; wrote {path} ({path.stat().st_size // 1024} KB)")  # fmt: skip
     return 0
 
 
@@ -199,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fit the candidate scorer on phantom sets (never the evaluation set)")
     p.add_argument("folders", type=Path, nargs="+", help="phantom sets written by make-phantoms")
     p.add_argument("--out", type=Path, default=Path(__file__).with_name("nodule_model.json"))
+    p.add_argument("--rerank-out", dest="rerank_out", type=Path, default=Path(__file__).with_name("nodule_rerank.json"),
+                   help="second-stage model (default: nodule_rerank.json next to the first)")
     p.add_argument("--device", default=None, help='"cpu", "cuda" or "auto" (default)')
     p.set_defaults(func=cmd_train)
 

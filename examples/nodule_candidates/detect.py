@@ -33,7 +33,10 @@ and shape):
    image context around the mode (:func:`context_features`), scored by
    a gradient-boosted tree ensemble trained on phantoms with other seeds
    than the evaluation set (:mod:`~examples.nodule_candidates.classifier`;
-   :func:`score_clusters` is the older hand-set score).  Candidates within
+   :func:`score_clusters` is the older hand-set score); the best
+   ``top_m`` of them are re-scored by a second ensemble that also reads
+   the image around each one (:mod:`~examples.nodule_candidates.patches`:
+   radial profiles, shell anisotropy, the thresholded component).  Candidates within
    ``nms_mm`` of a better one (``nms_large_mm`` of one inside a large
    object) are dropped and the ``max_candidates`` best are kept.
 """
@@ -55,7 +58,7 @@ from .io import Finding, Scan, index_zyx_to_world
 from .lung import segment_lungs
 from .shape_index import shape_features
 
-STAGES = ("resample", "lungs", "shape_index", "voxels", "mean_shift", "context", "scoring")
+STAGES = ("resample", "lungs", "shape_index", "voxels", "mean_shift", "context", "patches", "scoring")
 
 #: Scales (mm) of the Hessian blob responses in :func:`context_features`.
 HESSIAN_SCALES_MM = (2.0, 4.0)
@@ -810,6 +813,12 @@ def find_clusters(scan: Scan, config: DetectorConfig | None = None, timings: dic
     n_clusters : int
         Clusters before the size filter.
     """
+    clusters, n_points, n_clusters, _ = _clusters_and_work(scan, config, timings)
+    return clusters, n_points, n_clusters
+
+
+def _clusters_and_work(scan: Scan, config: DetectorConfig | None, timings: dict | None):
+    """:func:`find_clusters`, and the working-grid scan (the second-stage scorer reads it)."""
     config = config or DetectorConfig()
     timings = {} if timings is None else timings
     X, voxel_volume, work, lungs = voxel_features(scan, config, timings)
@@ -828,7 +837,7 @@ def find_clusters(scan: Scan, config: DetectorConfig | None = None, timings: dic
     for name, values in context_features(work, lungs, clusters.center, config.device).items():
         setattr(clusters, name, values)
     timings["context"] = time.perf_counter() - t1
-    return clusters, len(X), n_clusters
+    return clusters, len(X), n_clusters, work
 
 
 def suppress_near(
@@ -920,8 +929,11 @@ def detect_candidates(
         Settings; the defaults when None.
     scorer : callable, optional
         Maps :class:`Clusters` to scores (higher is more nodule-like); by
-        default the trained model shipped with the example
-        (:func:`~examples.nodule_candidates.classifier.default_scorer`).
+        default the trained models shipped with the example
+        (:func:`~examples.nodule_candidates.classifier.default_scorer`).  A
+        scorer with a true ``uses_image`` attribute is called as
+        ``scorer(clusters, work=<working-grid scan>, timings=<dict>)``
+        (:class:`~examples.nodule_candidates.classifier.TwoStageScorer`).
 
     Returns
     -------
@@ -943,9 +955,14 @@ def detect_candidates(
 
         scorer = default_scorer()
     timings: dict = {}
-    clusters, n_points, n_clusters = find_clusters(scan, config, timings)
+    clusters, n_points, n_clusters, work = _clusters_and_work(scan, config, timings)
     t1 = time.perf_counter()
-    scores = np.asarray(scorer(clusters), np.float64)
+    if getattr(scorer, "uses_image", False):
+        # The two-stage scorer re-ranks the best clusters on image patches;
+        # it books the patch features under "patches".
+        scores = np.asarray(scorer(clusters, work=work, timings=timings), np.float64)
+    else:
+        scores = np.asarray(scorer(clusters), np.float64)
     radius = suppression_radius(clusters, config)
     order = suppress_near(clusters.center, scores, config.nms_mm, radius_per=radius)[: config.max_candidates]
     clusters = clusters.take(order)
@@ -953,5 +970,5 @@ def detect_candidates(
         Finding(scan.seriesuid, *map(float, clusters.center[i]), float(scores[k]))
         for i, k in enumerate(order)
     ]
-    timings["scoring"] = time.perf_counter() - t1
+    timings["scoring"] = time.perf_counter() - t1 - timings.get("patches", 0.0)
     return Detection(candidates, clusters, timings, n_points=n_points, n_clusters=n_clusters)

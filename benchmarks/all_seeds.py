@@ -66,8 +66,8 @@ def _fit_ours(n: int, bandwidth: float, bin_seeding: bool, threads: int, queue) 
     start = time.perf_counter()
     model = MeanShift(bandwidth=bandwidth, bin_seeding=bin_seeding).fit(X)
     seconds = time.perf_counter() - start
-    queue.put(dict(seconds=seconds, labels=model.labels_, clusters=len(model.cluster_centers_),
-                   n_iter=int(model.n_iter_), neighbors=model.neighbors_))
+    queue.put(dict(seconds=seconds, labels=model.labels_, centers=model.cluster_centers_,
+                   clusters=len(model.cluster_centers_), n_iter=int(model.n_iter_), neighbors=model.neighbors_))
 
 
 def _run_child(n: int, bandwidth: float, bin_seeding: bool, threads: int, timeout: float) -> dict:
@@ -92,7 +92,13 @@ def _fit_sklearn(X: np.ndarray, bandwidth: float) -> dict:
     start = time.perf_counter()
     model = MeanShift(bandwidth=bandwidth, bin_seeding=True, n_jobs=None).fit(X)
     return dict(status="ok", seconds=time.perf_counter() - start, labels=model.labels_,
-                clusters=len(model.cluster_centers_), n_iter=int(model.n_iter_))
+                centers=model.cluster_centers_, clusters=len(model.cluster_centers_), n_iter=int(model.n_iter_))
+
+
+def center_distance(reference: np.ndarray, centers: np.ndarray) -> float:
+    """Largest distance from a reference center to the nearest of ``centers`` (and back)."""
+    gaps = np.linalg.norm(reference[:, None, :] - centers[None, :, :], axis=-1)
+    return float(max(gaps.min(1).max(), gaps.min(0).max()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,9 +137,13 @@ def main(argv: list[str] | None = None) -> int:
                 row.update(clusters=fit["clusters"], major_clusters=int((sizes >= 0.001 * n).sum()),
                            n_iter=fit["n_iter"],
                            ari_truth=round(float(adjusted_rand_score(truth, fit["labels"])), 4))
-                if reference is not None:
+                if reference is not None and reference["status"] == "ok":
                     row["ari_sklearn_bin_seeding"] = round(
                         float(adjusted_rand_score(reference["labels"], fit["labels"])), 4
+                    )
+                    # In bandwidths: how far apart the two sets of centers are.
+                    row["center_gap_vs_sklearn"] = round(
+                        center_distance(reference["centers"], fit["centers"]) / args.bandwidth, 4
                     )
                 if "neighbors" in fit:
                     row["neighbors"] = fit["neighbors"]
@@ -142,12 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     meta = dict(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(),
                 threads=args.threads, bandwidth=args.bandwidth, load_average=list(os.getloadavg()))
     (args.out / "results.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-    print("\n| N | method | status | seconds | clusters | major | n_iter | ARI vs sklearn bin | ARI vs truth |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| N | method | status | seconds | clusters | major | n_iter | ARI vs sklearn bin | "
+          "center gap vs sklearn bin (h) | ARI vs truth |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['n']:,} | {r['method']} | {r['status']} | {r['seconds']} | {r.get('clusters', '')} | "
               f"{r.get('major_clusters', '')} | {r.get('n_iter', '')} | {r.get('ari_sklearn_bin_seeding', '')} | "
-              f"{r.get('ari_truth', '')} |")
+              f"{r.get('center_gap_vs_sklearn', '')} | {r.get('ari_truth', '')} |")
     return 0
 
 

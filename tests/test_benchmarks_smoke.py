@@ -103,3 +103,4 @@ def test_all_seeds_benchmark_runs_and_reports_measured_fits(tmp_path):
         assert 0.5 < row["ari_truth"] <= 1.0
     # Same algorithm, same seeds: our bin seeding is scikit-learn's.
     assert rows[1]["ari_sklearn_bin_seeding"] == 1.0 and rows[1]["clusters"] == rows[2]["clusters"]
+    assert rows[1]["center_gap_vs_sklearn"] < 1e-3 and rows[2]["center_gap_vs_sklearn"] == 0.0

@@ -340,7 +340,7 @@ def compiled_rowsum_step(seeds: torch.Tensor, index: RowSumIndex, shared_radius:
         The data (CPU tensors).
     shared_radius : float, optional
         Groups of seeds within a ball of this radius (scaled units) share
-        their rows' work (default ``SHARED_RADIUS``; 0 steps every seed on
+        their rows' work (default ``SHARED_RADIUS[n_features]``; 0 steps every seed on
         its own).  The result does not depend on it.
 
     Returns
@@ -363,7 +363,7 @@ def compiled_rowsum_step(seeds: torch.Tensor, index: RowSumIndex, shared_radius:
     from ._rowsum_compiled import accumulate_groups, split_groups
 
     tables = _tables(index)
-    shared_radius = SHARED_RADIUS if shared_radius is None else shared_radius
+    shared_radius = SHARED_RADIUS.get(seeds.shape[1], 0.0) if shared_radius is None else shared_radius
 
     def accumulate(ordered, index_, acc, max_pairs):
         # Compact groups (seeds close in every coordinate) can share their rows' work.
@@ -388,9 +388,15 @@ def compiled_rowsum_step(seeds: torch.Tensor, index: RowSumIndex, shared_radius:
 _GROUP_SEEDS = 256
 # Groups within this radius (bandwidths) share their rows' work (see
 # _rowsum_compiled.shared_row_sums): only a shell of width 2 r is then tested
-# seed by seed, against a band of up to the whole window otherwise.  0.1,
-# 0.25 and 0.5 were within noise of each other on that fit.
-SHARED_RADIUS = 0.25
+# seed by seed (two seeds per pass over it), against a band of up to the
+# whole window otherwise.  2-D rows are thin strips, so a seed's own band is
+# narrow: 0.1, 0.25 and 0.5 were within noise of each other on a 200k fit.
+# 3-D rows are wide columns: sharing won even for loose groups (2 CPU cores,
+# float32, all seeds; r = 0.25 / 2): 10 blobs, 10**6 points, h = 1.5: 40 /
+# 37 s; 200k points, h = 0.5: 14.7 / 10.3 s; 200k uniform points, 13 per
+# window: 16.3 / 14.5 s.  The cap keeps a long thin group (sparse data) from
+# testing a whole run of its column seed by seed.
+SHARED_RADIUS = {2: 0.25, 3: 2.0}
 _MORTON_BITS = {1: 62, 2: 31, 3: 21}
 
 

@@ -121,6 +121,31 @@ def test_spread_bits_interleaves():
         assert _rowsum._spread_bits(v, d).tolist() == slow
 
 
+@pytest.mark.parametrize("n_features", [2, 3])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("unit", [False, True])
+def test_two_seed_band_test_equals_one_seed_at_a_time(n_features, dtype, unit):
+    from meanshift_gpu._rowsum_compiled import band_sums, band_sums_pair
+
+    rng = np.random.default_rng(1)
+    n = 1000
+    coords = np.zeros((3, n), dtype)
+    coords[:n_features] = np.round(rng.normal(size=(n_features, n)) * 8) / 8  # points on window edges
+    sums = rng.integers(-(2**40), 2**40, size=(4, n))
+    sums[n_features] = 1 if unit else rng.integers(1, 2**20, size=n)
+    for _ in range(50):
+        s, t = (tuple(float(v) for v in np.round(rng.normal(size=3) * 8) / 8) for _ in range(2))
+        s, t = tuple(dtype(v) for v in s), tuple(dtype(v) for v in t)
+        lo, hi = sorted(rng.integers(0, n + 1, size=2))
+        pair = band_sums_pair(lo, hi, n_features, s, t, coords, sums, unit)
+        one = band_sums(lo, hi, n_features, *s, coords, sums, unit)
+        other = band_sums(lo, hi, n_features, *t, coords, sums, unit)
+        assert pair == one + other
+        if dtype is np.float64:  # the band test is the plain formula
+            inside = ((np.array(s)[:n_features, None] - coords[:n_features, lo:hi]) ** 2).sum(0) <= 1.0
+            assert one[n_features] == int(sums[n_features, lo:hi][inside].sum())
+
+
 def test_galloping_searches_equal_numpy_searchsorted():
     from meanshift_gpu._rowsum_compiled import lower_bound_near, upper_bound_near
 

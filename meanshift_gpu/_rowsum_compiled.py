@@ -508,9 +508,9 @@ def accumulate_groups(q, seeds, group_starts, g_first, g_end, row_keys, row_boun
     band loop reads contiguous columns; ``m`` is its cells per unit and
     ``margin`` the interior margin in squared distance.
 
-    A group of seeds that fits in a ball of radius ``shared_radius`` (late in
-    a fit most do: seeds crowd around the modes) shares its rows' work: see
-    :func:`shared_row_sums`.  ``unit``: unweighted data (every count is 1).
+    A group of seeds that fits in a ball of radius ``shared_radius`` (in 3-D
+    nearly all do; in 2-D those crowding around a mode) shares its rows'
+    work: see :func:`shared_row_sums`.  ``unit``: unweighted data (every count is 1).
     """
     d = q.shape[1]
     n_rows = row_keys.shape[0]

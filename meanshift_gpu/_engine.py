@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ._backends import Backend, Blocks
-from ._reference import squared_distances
+from ._reference import EXACT_DIFFERENCE_MAX_FEATURES, squared_distances
 
 # Pairwise tile on the CPU: ~1M elements keeps a tile in L2/L3 cache, which on
 # 2 cores beat larger tiles by 2-3x in our measurements.
@@ -302,7 +302,7 @@ def densest_first(positions: torch.Tensor, intensity: torch.Tensor) -> torch.Ten
 
 
 def merge_modes(
-    positions: torch.Tensor, intensity: torch.Tensor, *, merge_block: int = 4096
+    positions: torch.Tensor, intensity: torch.Tensor, *, merge_block: int = 4096, grid: bool | str = "auto"
 ) -> torch.Tensor:
     """Remove near-duplicate modes exactly as scikit-learn does.
 
@@ -310,6 +310,10 @@ def merge_modes(
     duplicates collapse, the rest are sorted by ``(intensity, coordinates)``
     descending, and each kept mode removes every later one within distance 1
     (inclusive).  Returns the kept modes in that order.
+
+    ``grid``: look for kept modes on a hash grid (:mod:`meanshift_gpu._merge_compiled`;
+    CPU, 1 to 3 features, numba) instead of comparing with all of them;
+    "auto" does so from ``_MERGE_GRID_MIN`` candidates.  Same result.
     """
     valid = torch.isfinite(intensity)
     positions, intensity = positions[valid], intensity[valid]
@@ -320,6 +324,9 @@ def merge_modes(
     best = torch.full((unique.shape[0],), -math.inf, dtype=intensity.dtype, device=intensity.device)
     best.scatter_reduce_(0, inverse, intensity, reduce="amax")
     candidates = unique[densest_first(unique, best)]
+    grid_kept = _merge_on_grid(candidates, grid)
+    if grid_kept is not None:
+        return candidates[grid_kept]
 
     kept = candidates[:0]
     for c0 in range(0, candidates.shape[0], merge_block):
@@ -340,11 +347,67 @@ def merge_modes(
     return kept
 
 
+# Below this many candidates the blockwise comparison takes milliseconds.
+_MERGE_GRID_MIN = 4096
+
+
+def _merge_on_grid(candidates: torch.Tensor, grid: bool | str) -> torch.Tensor | None:
+    """The merge's keep mask from the compiled hash grid, or None where it does not apply."""
+    n, d = candidates.shape
+    if grid is False or (grid == "auto" and n < _MERGE_GRID_MIN):
+        return None
+    if candidates.device.type != "cpu" or not 1 <= d <= EXACT_DIFFERENCE_MAX_FEATURES:
+        return None
+    try:
+        from ._merge_compiled import CELL_SIDE, keep_separated_modes
+    except Exception:  # no usable numba: the blockwise comparison
+        return None
+    cells = torch.zeros(n, 3, dtype=torch.float64)
+    cells[:, :d] = torch.floor(candidates.double() / CELL_SIDE)
+    if not bool((cells.abs() < 2.0**60).all()):
+        return None
+    return torch.from_numpy(keep_separated_modes(candidates.contiguous().numpy(), cells.long().numpy()))
+
+
+# From this many centers, labels come from a hash grid of centers (CPU,
+# d <= 3, numba) rather than from every point-center distance.
+_LABEL_GRID_MIN_CENTERS = 256
+_LABEL_GRID_MAX_RING = 4
+
+
+def _nearest_on_grid(points: torch.Tensor, centers: torch.Tensor, force: bool = False):
+    """``(index, dist2)`` of the nearest center from the compiled grid, or None where it does not apply.
+
+    Same distances and tie rule as the dense search; cells are sized for
+    about one center each, so most points look at a few cells.
+    """
+    n_centers, d = centers.shape
+    if not force and n_centers < _LABEL_GRID_MIN_CENTERS:
+        return None
+    if points.device.type != "cpu" or not 1 <= d <= EXACT_DIFFERENCE_MAX_FEATURES or points.dtype != centers.dtype:
+        return None
+    try:
+        from ._merge_compiled import nearest_on_grid
+    except Exception:  # no usable numba
+        return None
+    extent = (centers.amax(0) - centers.amin(0)).double().clamp_min(1.0)
+    side = max(1.0, float(extent.prod() / n_centers) ** (1.0 / d))
+    if float((torch.cat([points, centers]).double().abs() / side).max()) >= 2.0**60:
+        return None
+    index, dist2 = nearest_on_grid(points.contiguous().numpy(), centers.contiguous().numpy(), side,
+                                   _LABEL_GRID_MAX_RING)
+    return torch.from_numpy(index), torch.from_numpy(dist2)
+
+
 def assign_labels(
     points: torch.Tensor, centers: torch.Tensor, config: EngineConfig, cluster_all: bool
 ) -> torch.Tensor:
     """Nearest-center labels; with ``cluster_all=False``, -1 beyond the bandwidth."""
-    (index, dist2), _ = call_shrinking_on_oom(config.backend.nearest, config, points, centers)
+    found = _nearest_on_grid(points, centers)
+    if found is not None:
+        index, dist2 = found
+    else:
+        (index, dist2), _ = call_shrinking_on_oom(config.backend.nearest, config, points, centers)
     if not cluster_all:
         index = torch.where(dist2 <= 1.0, index, torch.full_like(index, -1))
     return index

@@ -70,6 +70,46 @@ def test_merge_modes_matches_sklearns_rule(seed, merge_block):
     assert 1 < len(expected) < 80  # the case exercises merging
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n_features", [1, 2, 3])
+def test_merge_on_the_hash_grid_equals_the_blockwise_merge(dtype, n_features):
+    pytest.importorskip("numba")
+    g = torch.Generator().manual_seed(n_features)
+    # A lattice of step 1/4 puts many pairs at distance exactly 1 (and at
+    # sqrt(1/2), sqrt(5)/4...); near-duplicates 1e-7 apart straddle cells.
+    lattice = torch.round(torch.rand(3000, n_features, generator=g, dtype=torch.float64) * 80) / 4
+    noisy = lattice[:300] + 1e-7 * torch.randn(300, n_features, generator=g, dtype=torch.float64)
+    positions = torch.cat([lattice, noisy, lattice[:200] + 1.0]).to(dtype)
+    intensity = torch.randint(0, 4, (positions.shape[0],), generator=g).to(dtype)
+    blockwise = _engine.merge_modes(positions, intensity, grid=False)
+    on_grid = _engine.merge_modes(positions, intensity, grid=True)
+    assert torch.equal(on_grid, blockwise)
+    assert 10 < on_grid.shape[0] < 0.6 * positions.shape[0]  # the case exercises merging
+    small = positions[:40]
+    expected = _sklearn_merge(small.double().numpy(), intensity[:40].double().numpy())
+    if dtype == torch.float64:
+        np.testing.assert_array_equal(_engine.merge_modes(small, intensity[:40], grid=True).numpy(), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n_features", [1, 2, 3])
+def test_labels_from_the_center_grid_equal_the_dense_search(dtype, n_features):
+    pytest.importorskip("numba")
+    from meanshift_gpu._reference import nearest_centers
+
+    g = torch.Generator().manual_seed(n_features)
+    # Points on a 1/4 lattice, centers on a 1/2 lattice (and 30 of them twice):
+    # many points are equally far from several centers; ties go to the lowest index.
+    points = torch.round(torch.rand(4000, n_features, generator=g, dtype=torch.float64) * 160) / 4
+    points = torch.cat([points, points[:50] * 10 - 200]).to(dtype)  # far outside: every center compared
+    centers = torch.round(torch.rand(400, n_features, generator=g, dtype=torch.float64) * 80) / 2
+    centers = torch.cat([centers, centers[:30]]).to(dtype)
+    index, dist2 = _engine._nearest_on_grid(points, centers, force=True)
+    expected_index, expected_dist2 = nearest_centers(points, centers)
+    assert torch.equal(index, expected_index)
+    assert torch.equal(dist2, expected_dist2)
+
+
 def test_merge_modes_ties_go_to_the_larger_coordinates():
     # Equal intensity: scikit-learn keeps the lexicographically larger center.
     got = _engine.merge_modes(_t([[0.0, 0.0], [0.5, 0.0], [0.5, -0.1]]), _t([3.0, 3.0, 3.0]))

@@ -46,6 +46,17 @@ def _slot(table_keys, key):
     return slot
 
 
+@numba.njit(inline="always")
+def _squared_distance(a, i, b, j, d):
+    """``sum_f (a[i, f] - b[j, f])**2`` feature by feature in the arrays' dtype (the dense formula)."""
+    diff = a[i, 0] - b[j, 0]
+    dist2 = diff * diff
+    for f in range(1, d):
+        diff = a[i, f] - b[j, f]
+        dist2 += diff * diff
+    return dist2
+
+
 @numba.njit(cache=True)
 def keep_separated_modes(candidates, cells):
     """Which of ``candidates`` (n, d <= 3, in merge order) the merge keeps.
@@ -71,12 +82,7 @@ def keep_separated_modes(candidates, cells):
                     slot = _slot(table_keys, _cell_key(cells[i, 0] + o0, cells[i, 1] + o1, cells[i, 2] + o2))
                     j = table_heads[slot] if table_keys[slot] != _EMPTY else -1
                     while j >= 0:
-                        diff = candidates[i, 0] - candidates[j, 0]
-                        dist2 = diff * diff
-                        for f in range(1, d):
-                            diff = candidates[i, f] - candidates[j, f]
-                            dist2 += diff * diff
-                        if dist2 <= 1.0:
+                        if _squared_distance(candidates, i, candidates, j, d) <= 1.0:
                             covered = True
                             break
                         j = next_kept[j]
@@ -140,11 +146,7 @@ def nearest_on_grid(points, centers, side, max_ring):
             if ring > max_ring:
                 best = -1
                 for c in range(k):
-                    diff = points[i, 0] - centers[c, 0]
-                    d2 = diff * diff
-                    for f in range(1, d):
-                        diff = points[i, f] - centers[c, f]
-                        d2 += diff * diff
+                    d2 = _squared_distance(points, i, centers, c, d)
                     if best < 0 or d2 < best_d2:
                         best, best_d2 = c, d2
                 break
@@ -158,11 +160,7 @@ def nearest_on_grid(points, centers, side, max_ring):
                         slot = _slot(table_keys, _cell_key(own[0] + o0, own[1] + o1, own[2] + o2))
                         c = table_heads[slot] if table_keys[slot] != _EMPTY else -1
                         while c >= 0:
-                            diff = points[i, 0] - centers[c, 0]
-                            d2 = diff * diff
-                            for f in range(1, d):
-                                diff = points[i, f] - centers[c, f]
-                                d2 += diff * diff
+                            d2 = _squared_distance(points, i, centers, c, d)
                             if best < 0 or d2 < best_d2 or (d2 == best_d2 and c < best):
                                 best, best_d2 = c, d2
                             c = next_center[c]

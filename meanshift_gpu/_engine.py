@@ -362,11 +362,9 @@ def _merge_on_grid(candidates: torch.Tensor, grid: bool | str) -> torch.Tensor |
         from ._merge_compiled import CELL_SIDE, keep_separated_modes
     except Exception:  # no usable numba: the blockwise comparison
         return None
-    cells = torch.zeros(n, 3, dtype=torch.float64)
-    cells[:, :d] = torch.floor(candidates.double() / CELL_SIDE)
-    if not bool((cells.abs() < 2.0**60).all()):
+    if float(candidates.abs().max()) / CELL_SIDE >= 2.0**60:  # cells beyond int64
         return None
-    return torch.from_numpy(keep_separated_modes(candidates.contiguous().numpy(), cells.long().numpy()))
+    return torch.from_numpy(keep_separated_modes(candidates.contiguous().numpy()))
 
 
 # From this many centers, labels come from a hash grid of centers (CPU,
@@ -379,10 +377,11 @@ def _nearest_on_grid(points: torch.Tensor, centers: torch.Tensor, force: bool = 
     """``(index, dist2)`` of the nearest center from the compiled grid, or None where it does not apply.
 
     Same distances and tie rule as the dense search; cells are sized for
-    about one center each, so most points look at a few cells.
+    about one center each, so most points look at a few cells.  ``force``
+    ignores the size threshold (tests).
     """
     n_centers, d = centers.shape
-    if not force and n_centers < _LABEL_GRID_MIN_CENTERS:
+    if (not force and n_centers < _LABEL_GRID_MIN_CENTERS) or not points.shape[0] or not n_centers:
         return None
     if points.device.type != "cpu" or not 1 <= d <= EXACT_DIFFERENCE_MAX_FEATURES or points.dtype != centers.dtype:
         return None
@@ -392,7 +391,7 @@ def _nearest_on_grid(points: torch.Tensor, centers: torch.Tensor, force: bool = 
         return None
     extent = (centers.amax(0) - centers.amin(0)).double().clamp_min(1.0)
     side = max(1.0, float(extent.prod() / n_centers) ** (1.0 / d))
-    if float((torch.cat([points, centers]).double().abs() / side).max()) >= 2.0**60:
+    if max(float(points.abs().max()), float(centers.abs().max())) / side >= 2.0**60:  # cells beyond int64
         return None
     index, dist2 = nearest_on_grid(points.contiguous().numpy(), centers.contiguous().numpy(), side,
                                    _LABEL_GRID_MAX_RING)

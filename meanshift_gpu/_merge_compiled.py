@@ -22,7 +22,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["keep_separated_modes", "CELL_SIDE"]
+__all__ = ["keep_separated_modes", "nearest_on_grid", "CELL_SIDE"]
 
 CELL_SIDE = 1.25
 _EMPTY = np.iinfo(np.int64).min
@@ -57,50 +57,68 @@ def _squared_distance(a, i, b, j, d):
     return dist2
 
 
-@numba.njit(cache=True)
-def keep_separated_modes(candidates, cells):
-    """Which of ``candidates`` (n, d <= 3, in merge order) the merge keeps.
+@numba.njit(inline="always")
+def _cell_of(x, i, d, side, cell):
+    """Grid cell of row ``i`` of ``x`` into ``cell`` (3 int64s, 0 beyond ``d``)."""
+    for f in range(3):
+        cell[f] = np.int64(np.floor(np.float64(x[i, f]) / side)) if f < d else 0
 
-    ``cells`` (n, 3) int64: each candidate's grid cell (``floor(x / CELL_SIDE)``,
-    0 beyond ``d``).  Returns a boolean mask.
-    """
-    n, d = candidates.shape
+
+@numba.njit
+def _new_table(n_items):
+    """An empty open-addressing table (keys, list heads) for up to ``n_items`` cells."""
     size = 4
-    while size < 2 * n + 2:
+    while size < 2 * n_items + 2:
         size *= 2
-    table_keys = np.full(size, _EMPTY, np.int64)
-    table_heads = np.full(size, -1, np.int64)
-    next_kept = np.full(n, -1, np.int64)
-    kept = np.zeros(n, np.bool_)
+    return np.full(size, _EMPTY, np.int64), np.full(size, -1, np.int64)
+
+
+@numba.njit(inline="always")
+def _list_head(table_keys, table_heads, key):
+    """First item of the cell's list, or -1."""
+    slot = _slot(table_keys, key)
+    return table_heads[slot] if table_keys[slot] != _EMPTY else -1
+
+
+@numba.njit(inline="always")
+def _push(table_keys, table_heads, next_item, key, item):
+    """Put ``item`` at the front of the cell's list."""
+    slot = _slot(table_keys, key)
+    if table_keys[slot] == _EMPTY:
+        table_keys[slot] = key
+    next_item[item] = table_heads[slot]
+    table_heads[slot] = item
+
+
+@numba.njit(inline="always")
+def _covered(candidates, i, d, cell, table_keys, table_heads, next_kept):
+    """Whether a kept mode in the candidate's or an adjacent cell lies within distance 1."""
     reach1 = 1 if d >= 2 else 0
     reach2 = 1 if d >= 3 else 0
+    for o0 in range(-1, 2):
+        for o1 in range(-reach1, reach1 + 1):
+            for o2 in range(-reach2, reach2 + 1):
+                j = _list_head(table_keys, table_heads, _cell_key(cell[0] + o0, cell[1] + o1, cell[2] + o2))
+                while j >= 0:
+                    if _squared_distance(candidates, i, candidates, j, d) <= 1.0:
+                        return True
+                    j = next_kept[j]
+    return False
+
+
+@numba.njit(cache=True)
+def keep_separated_modes(candidates):
+    """Which of ``candidates`` (n, d <= 3, in merge order) the merge keeps, as a boolean mask."""
+    n, d = candidates.shape
+    table_keys, table_heads = _new_table(n)
+    next_kept = np.full(n, -1, np.int64)
+    kept = np.zeros(n, np.bool_)
+    cell = np.zeros(3, np.int64)
     for i in range(n):
-        covered = False
-        for o0 in range(-1, 2):
-            for o1 in range(-reach1, reach1 + 1):
-                for o2 in range(-reach2, reach2 + 1):
-                    slot = _slot(table_keys, _cell_key(cells[i, 0] + o0, cells[i, 1] + o1, cells[i, 2] + o2))
-                    j = table_heads[slot] if table_keys[slot] != _EMPTY else -1
-                    while j >= 0:
-                        if _squared_distance(candidates, i, candidates, j, d) <= 1.0:
-                            covered = True
-                            break
-                        j = next_kept[j]
-                    if covered:
-                        break
-                if covered:
-                    break
-            if covered:
-                break
-        if covered:
-            continue
-        kept[i] = True
-        key = _cell_key(cells[i, 0], cells[i, 1], cells[i, 2])
-        slot = _slot(table_keys, key)
-        if table_keys[slot] == _EMPTY:
-            table_keys[slot] = key
-        next_kept[i] = table_heads[slot]
-        table_heads[slot] = i
+        _cell_of(candidates, i, d, CELL_SIDE, cell)
+        if not _covered(candidates, i, d, cell, table_keys, table_heads, next_kept):
+            kept[i] = True
+            _push(table_keys, table_heads, next_kept, _cell_key(cell[0], cell[1], cell[2]), i)
     return kept
 
 
@@ -117,39 +135,21 @@ def nearest_on_grid(points, centers, side, max_ring):
     """
     n, d = points.shape
     k = centers.shape[0]
-    size = 4
-    while size < 2 * k + 2:
-        size *= 2
-    table_keys = np.full(size, _EMPTY, np.int64)
-    table_heads = np.full(size, -1, np.int64)
+    table_keys, table_heads = _new_table(k)
     next_center = np.full(k, -1, np.int64)
-    own = np.zeros(3, np.int64)
+    cell = np.zeros(3, np.int64)
     # Highest index first into each list, so lists run in increasing index.
     for c in range(k - 1, -1, -1):
-        for f in range(3):
-            own[f] = np.int64(np.floor(np.float64(centers[c, f]) / side)) if f < d else 0
-        key = _cell_key(own[0], own[1], own[2])
-        slot = _slot(table_keys, key)
-        if table_keys[slot] == _EMPTY:
-            table_keys[slot] = key
-        next_center[c] = table_heads[slot]
-        table_heads[slot] = c
+        _cell_of(centers, c, d, side, cell)
+        _push(table_keys, table_heads, next_center, _cell_key(cell[0], cell[1], cell[2]), c)
     index = np.empty(n, np.int64)
     dist = np.empty(n, points.dtype)
     for i in range(n):
-        for f in range(3):
-            own[f] = np.int64(np.floor(np.float64(points[i, f]) / side)) if f < d else 0
+        _cell_of(points, i, d, side, cell)
         best = -1
         best_d2 = np.inf
         ring = 0
-        while True:
-            if ring > max_ring:
-                best = -1
-                for c in range(k):
-                    d2 = _squared_distance(points, i, centers, c, d)
-                    if best < 0 or d2 < best_d2:
-                        best, best_d2 = c, d2
-                break
+        while ring <= max_ring:
             r1 = ring if d >= 2 else 0
             r2 = ring if d >= 3 else 0
             for o0 in range(-ring, ring + 1):
@@ -157,8 +157,7 @@ def nearest_on_grid(points, centers, side, max_ring):
                     for o2 in range(-r2, r2 + 1):
                         if max(abs(o0), abs(o1), abs(o2)) != ring:
                             continue  # an inner ring, already searched
-                        slot = _slot(table_keys, _cell_key(own[0] + o0, own[1] + o1, own[2] + o2))
-                        c = table_heads[slot] if table_keys[slot] != _EMPTY else -1
+                        c = _list_head(table_keys, table_heads, _cell_key(cell[0] + o0, cell[1] + o1, cell[2] + o2))
                         while c >= 0:
                             d2 = _squared_distance(points, i, centers, c, d)
                             if best < 0 or d2 < best_d2 or (d2 == best_d2 and c < best):
@@ -169,6 +168,12 @@ def nearest_on_grid(points, centers, side, max_ring):
             if best >= 0 and np.float64(best_d2) < (ring * side) ** 2 * (1.0 - 1e-5):
                 break
             ring += 1
+        if ring > max_ring:  # far from every cell searched: every center
+            best = -1
+            for c in range(k):
+                d2 = _squared_distance(points, i, centers, c, d)
+                if best < 0 or d2 < best_d2:
+                    best, best_d2 = c, d2
         index[i] = best
         dist[i] = best_d2
     return index, dist

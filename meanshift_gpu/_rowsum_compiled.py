@@ -472,16 +472,16 @@ def shared_row_sums(q, seeds, i0, i1, d, rank, lo_last, hi_last, lo_1, hi_1, box
     while i + 1 < i1:
         s = (seeds[i, 0], seeds[i, 1], seeds[i, 2] if d == 3 else seeds[i, 0])
         t = (seeds[i + 1, 0], seeds[i + 1, 1], seeds[i + 1, 2] if d == 3 else seeds[i + 1, 0])
-        b0, b1, b2, b3, c0_, c1_, c2_, c3_ = band_sums_pair(0, k, d, s, t, scratch_coords, scratch_sums, unit)
+        b0, b1, b2, b3, e0, e1, e2, e3 = band_sums_pair(0, k, d, s, t, scratch_coords, scratch_sums, unit)
         acc[i, 0] += a0 + b0
         acc[i, 1] += a1 + b1
         acc[i, 2] += a2 + b2
-        acc[i + 1, 0] += a0 + c0_
-        acc[i + 1, 1] += a1 + c1_
-        acc[i + 1, 2] += a2 + c2_
+        acc[i + 1, 0] += a0 + e0
+        acc[i + 1, 1] += a1 + e1
+        acc[i + 1, 2] += a2 + e2
         if d == 3:
             acc[i, 3] += a3 + b3
-            acc[i + 1, 3] += a3 + c3_
+            acc[i + 1, 3] += a3 + e3
         i += 2
     if i < i1:
         s0 = seeds[i, 0]

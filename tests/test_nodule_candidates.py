@@ -307,6 +307,51 @@ def test_tree_ensemble_export_matches_sklearn(tmp_path):
     np.testing.assert_allclose(back.decision_function(G), gb.decision_function(G), atol=1e-4)
 
 
+def test_hist_tree_ensemble_export_matches_sklearn(tmp_path):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from examples.nodule_candidates.classifier import TreeEnsemble
+
+    rng = np.random.default_rng(1)
+    F = rng.normal(size=(2000, 4))
+    y = (F[:, 0] + 0.5 * F[:, 1] ** 2 - F[:, 3] + rng.normal(0, 0.3, 2000) > 0.5).astype(int)
+    hist = HistGradientBoostingClassifier(max_iter=30, max_leaf_nodes=15, early_stopping=False, random_state=0)
+    hist.fit(F, y, sample_weight=rng.uniform(0.5, 2, 2000))
+    model = TreeEnsemble.from_sklearn(hist, ["a", "b", "c", "d"], check=F)
+    assert not model.float32_inputs and model.learning_rate == 1.0
+    # Rows between the training values, where float32 rounding would cross thresholds.
+    G = np.vstack([rng.normal(size=(500, 4)), F[:200] + 1e-9])
+    np.testing.assert_allclose(model.decision_function(G), hist.decision_function(G), atol=1e-9)
+    back = TreeEnsemble.load(model.save(tmp_path / "m.json"))
+    assert not back.float32_inputs
+    np.testing.assert_allclose(back.decision_function(G), hist.decision_function(G), atol=1e-4)
+
+
+def test_refine_positions_moves_off_centre_modes_onto_small_nodules():
+    from examples.nodule_candidates.detect import refine_positions
+
+    # A 6 mm nodule (radius 3) on the working grid's anisotropic voxels,
+    # touching a bright wall outside the lung mask.
+    spacing = np.array([1.25, 1.25, 2.5])
+    shape_zyx = (24, 48, 48)
+    zz, yy, xx = np.meshgrid(*(np.arange(n) for n in shape_zyx), indexing="ij")
+    world = np.stack([xx * spacing[0], yy * spacing[1], zz * spacing[2]], axis=-1)
+    centre = np.array([30.0, 30.0, 30.0])
+    array = np.full(shape_zyx, -850.0, np.float32)
+    array[np.linalg.norm(world - centre, axis=-1) <= 3.0] = 20.0
+    array[:, :, 29:] = 40.0  # wall from x = 36.25 mm: 3.25 mm from the nodule's centre
+    lungs = np.ones(shape_zyx, bool)
+    lungs[:, :, 29:] = False
+    scan = nio.Scan(array, [0.0, 0.0, 0.0], spacing, seriesuid="t")
+    starts = centre + np.array([[2.8, 0, 0], [0, 2.5, 0], [0, 0, -2.6], [1.5, 1.5, 1.5], [0, 0, 0]])
+    moved = refine_positions(scan, lungs, starts)
+    assert np.linalg.norm(moved - centre, axis=1).max() < 1.2
+    # Never further than the allowed shift, never out of the lungs.
+    far = refine_positions(scan, lungs, centre[None] + [[-8.0, 0, 0]], max_shift_mm=2.0)
+    assert np.linalg.norm(far[0] - (centre + [-8.0, 0, 0])) <= 2.0 + 0.5 * spacing.max()
+    assert np.array_equal(refine_positions(scan, lungs, starts, max_shift_mm=0), starts)
+
+
 def test_shipped_scorer_loads_and_scores_deterministically():
     from examples.nodule_candidates.classifier import FEATURES, MODEL_PATH, TreeEnsemble, TwoStageScorer, default_scorer
     from examples.nodule_candidates.detect import cluster_statistics
@@ -466,3 +511,24 @@ def test_two_stage_scorer_rescoring_only_the_best_m(tmp_path):
     np.testing.assert_array_equal(s, TwoStageScorer(first, second, top_m=2)(c, work=scan))
     with pytest.raises(ValueError):
         TwoStageScorer(first, second, top_m=2)(c)
+
+
+def test_cli_train_with_cross_validation_on_tiny_phantoms(tmp_path, capsys):
+    from examples.nodule_candidates.classifier import FEATURES, TreeEnsemble, training_table
+
+    data = tmp_path / "ph"
+    assert main(["make-phantoms", str(data), "--n", "5", "--shape", "128", "128", "40", "--seed", "11"]) == 0
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    argv = ["train", str(data), "--out", str(first), "--rerank-out", str(second), "--cv", "--jobs", "2", "--device", "cpu"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "cross-validation (5 folds by scan), nodules >= 5 mm" in out and "CPM" in out
+    model, rerank = TreeEnsemble.load(first), TreeEnsemble.load(second)
+    assert list(model.features) == list(FEATURES) and not model.float32_inputs
+    assert model.meta["n_scans"] == 5 and rerank.meta["top_m"] > 0
+    # Worker processes build the same table as one process.
+    one = training_table([data], DetectorConfig(device="cpu"))
+    two = training_table([data], DetectorConfig(device="cpu"), jobs=2)
+    for key in ("F", "y", "w", "scan", "center", "nodule", "factor"):
+        np.testing.assert_array_equal(one[key], two[key])
+    assert len(one["nodules"]) > 0 and one["paths"] == two["paths"]

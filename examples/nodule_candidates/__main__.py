@@ -8,7 +8,10 @@ evaluation set::
     python -m examples.nodule_candidates make-phantoms /tmp/train192b --n 20 --shape 192 192 96 --seed 102
     python -m examples.nodule_candidates make-phantoms /tmp/train256 --n 10 --shape 256 256 128 --seed 101
     python -m examples.nodule_candidates make-phantoms /tmp/train103 --n 20 --shape 192 192 96 --seed 103
-    python -m examples.nodule_candidates train /tmp/train192 /tmp/train192b /tmp/train256 /tmp/train103
+    python -m examples.nodule_candidates make-phantoms /tmp/train104 --n 20 --shape 192 192 96 --seed 104
+    python -m examples.nodule_candidates make-phantoms /tmp/train105 --n 20 --shape 192 192 96 --seed 105
+    python -m examples.nodule_candidates train /tmp/train192 /tmp/train192b /tmp/train256 /tmp/train103 \\
+        /tmp/train104 /tmp/train105 --jobs 2 --cv
 
 ``demo`` does everything on a few small
 phantoms (about a minute on a laptop CPU)::
@@ -119,8 +122,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .classifier import (RERANK_TOP_M, TYPE_WEIGHTS, fit_model, fit_reranker, out_of_fold_scores,
-                             rerank_table, training_table)  # fmt: skip
+    from .classifier import (RERANK_TOP_M, TYPE_WEIGHTS, cross_validate, fit_model, fit_reranker,
+                             out_of_fold_scores, rerank_table, training_table)  # fmt: skip
 
     config = _config_from(args)
     t0 = time.perf_counter()
@@ -128,7 +131,7 @@ def cmd_train(args) -> int:
     def progress(line):
         print("  " + line, flush=True)
 
-    table = training_table(args.folders, config, progress=progress)
+    table = training_table(args.folders, config, progress=progress, jobs=args.jobs)
     meta = {"folders": [Path(f).name for f in args.folders], "n_scans": int(table["scan"].max()) + 1,
             "type_weights": TYPE_WEIGHTS}  # fmt: skip
     model = fit_model(table["F"], table["y"], table["w"], meta)
@@ -144,6 +147,9 @@ def cmd_train(args) -> int:
     raw = out_of_fold_scores(table)
     print(f"out-of-fold first-stage scores (5 folds) in {time.perf_counter() - t1:.1f} s", flush=True)
     rows = rerank_table(table, raw, RERANK_TOP_M, working_mm=config.working_mm, progress=progress)
+    if args.cv:
+        for label, ev in cross_validate(table, raw, rows, config).items():
+            print(f"-- cross-validation (5 folds by scan), {label}\n{ev.summary()}", flush=True)
     second = fit_reranker(rows["F"], rows["y"], rows["w"], {**meta, "folds": 5, "neg_keep": 0.25}, RERANK_TOP_M)
     path = second.save(args.rerank_out)
     print(f"second stage: {len(rows['y'])} rows ({int(rows['y'].sum())} on nodules); total "
@@ -203,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-bin-freq", dest="min_bin_freq", type=int, default=None)
     p.add_argument("--nms-mm", dest="nms_mm", type=float, default=None)
     p.add_argument("--nms-large-mm", dest="nms_large_mm", type=float, default=None, help="0: off")
+    p.add_argument("--refine-mm", dest="refine_mm", type=float, default=None,
+                   help="how far a candidate may climb to the nearest bright peak (0: off)")
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("evaluate", help="LUNA16 FROC/CPM of a candidates CSV")
@@ -220,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerank-out", dest="rerank_out", type=Path, default=Path(__file__).with_name("nodule_rerank.json"),
                    help="second-stage model (default: nodule_rerank.json next to the first)")
     p.add_argument("--device", default=None, help='"cpu", "cuda" or "auto" (default)')
+    p.add_argument("--jobs", type=int, default=1, help="scans detected at once in worker processes (default 1)")
+    p.add_argument("--cv", action="store_true",
+                   help="also report the cross-validated candidates (held-out scans, both stages) LUNA16 style")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="phantoms -> candidates -> FROC, end to end")

@@ -356,7 +356,8 @@ def test_shipped_scorer_loads_and_scores_deterministically():
     from examples.nodule_candidates.classifier import FEATURES, MODEL_PATH, TreeEnsemble, TwoStageScorer, default_scorer
     from examples.nodule_candidates.detect import cluster_statistics
 
-    assert MODEL_PATH.is_file() and MODEL_PATH.stat().st_size < 150_000
+    # 200 trees of <= 15 leaves with exact (17-digit) thresholds: ~170 KB.
+    assert MODEL_PATH.is_file() and MODEL_PATH.stat().st_size < 250_000
     scorer = default_scorer()
     assert isinstance(scorer, TwoStageScorer)
     model = scorer.first
@@ -526,9 +527,16 @@ def test_cli_train_with_cross_validation_on_tiny_phantoms(tmp_path, capsys):
     model, rerank = TreeEnsemble.load(first), TreeEnsemble.load(second)
     assert list(model.features) == list(FEATURES) and not model.float32_inputs
     assert model.meta["n_scans"] == 5 and rerank.meta["top_m"] > 0
-    # Worker processes build the same table as one process.
-    one = training_table([data], DetectorConfig(device="cpu"))
-    two = training_table([data], DetectorConfig(device="cpu"), jobs=2)
+    # Worker processes build the same table as one process (on two of the scans).
+    pair = tmp_path / "pair"
+    pair.mkdir()
+    for path in sorted(data.glob("*.mhd"))[:2]:
+        for part in (path, path.with_suffix(".raw")):
+            (pair / part.name).write_bytes(part.read_bytes())
+    for name in ("nodule_types.csv", "annotations.csv", "annotations_excluded.csv"):
+        (pair / name).write_bytes((data / name).read_bytes())
+    one = training_table([pair], DetectorConfig(device="cpu"))
+    two = training_table([pair], DetectorConfig(device="cpu"), jobs=2)
     for key in ("F", "y", "w", "scan", "center", "nodule", "factor"):
         np.testing.assert_array_equal(one[key], two[key])
     assert len(one["nodules"]) > 0 and one["paths"] == two["paths"]

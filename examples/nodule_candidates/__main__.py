@@ -10,8 +10,11 @@ evaluation set::
     python -m examples.nodule_candidates make-phantoms /tmp/train103 --n 20 --shape 192 192 96 --seed 103
     python -m examples.nodule_candidates make-phantoms /tmp/train104 --n 20 --shape 192 192 96 --seed 104
     python -m examples.nodule_candidates make-phantoms /tmp/train105 --n 20 --shape 192 192 96 --seed 105
+    python -m examples.nodule_candidates make-phantoms /tmp/train106 --n 20 --shape 192 192 96 --seed 106
+    python -m examples.nodule_candidates make-phantoms /tmp/train107 --n 20 --shape 192 192 96 --seed 107
+    python -m examples.nodule_candidates make-phantoms /tmp/train108 --n 10 --shape 192 192 96 --seed 108
     python -m examples.nodule_candidates train /tmp/train192 /tmp/train192b /tmp/train256 /tmp/train103 \\
-        /tmp/train104 /tmp/train105 --jobs 2 --cv
+        /tmp/train104 /tmp/train105 /tmp/train106 /tmp/train107 /tmp/train108 --jobs 2 --cv
 
 ``demo`` does everything on a few small
 phantoms (about a minute on a laptop CPU)::

@@ -814,12 +814,14 @@ def refine_positions(
 
     Examples
     --------
-    >>> from examples.nodule_candidates.phantom import make_phantom
-    >>> ph = make_phantom((96, 96, 48), seed=1, n_nodules=1, diameter_range=(8, 9))
-    >>> lungs = np.ones(ph.scan.array.shape, bool)
-    >>> start = ph.nodules[0].world + np.array([2.5, 0.0, 0.0])
-    >>> moved = refine_positions(ph.scan, lungs, start[None])
-    >>> bool(np.linalg.norm(moved[0] - ph.nodules[0].world) < 1.5)
+    A 7 mm ball at (20, 20, 20) mm on 1.25 x 1.25 x 2.5 mm voxels, and a
+    position 2.5 mm off its centre:
+
+    >>> z, y, x = np.mgrid[0:16, 0:32, 0:32] * np.array([2.5, 1.25, 1.25])[:, None, None, None]
+    >>> ball = np.where((x - 20) ** 2 + (y - 20) ** 2 + (z - 20) ** 2 <= 3.5**2, 0.0, -850.0)
+    >>> scan = Scan(ball.astype(np.float32), [0, 0, 0], [1.25, 1.25, 2.5], seriesuid="ball")
+    >>> moved = refine_positions(scan, np.ones(ball.shape, bool), np.array([[22.5, 20.0, 20.0]]))
+    >>> bool(np.linalg.norm(moved[0] - [20, 20, 20]) < 0.5)
     True
     """
     from scipy.ndimage import gaussian_filter

@@ -256,6 +256,16 @@ def test_end_to_end_tiny_phantom_finds_its_nodules(tmp_path):
     assert max(ranks) < 10
 
 
+def test_cli_demo_writes_candidates_timings_and_plot(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--n", "1", "--shape", "96", "96", "48", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "-- all nodules" in out and "-- nodules >= 5 mm" in out and "CPM" in out
+    rows = nio.read_candidates(tmp_path / "candidates.csv")
+    series = nio.read_series_list(tmp_path / "phantoms" / "seriesuids.csv")
+    assert 0 < len(rows) <= 100 and {r.seriesuid for r in rows} == set(series)
+    assert (tmp_path / "timings.csv").stat().st_size > 0 and (tmp_path / "froc.png").stat().st_size > 1000
+
+
 def test_cli_evaluate_and_plot(tmp_path, capsys):
     nodules, excluded, candidates = _hand_case()
     ann = nio.write_annotations(tmp_path / "ann.csv", nodules, extra=("type",))

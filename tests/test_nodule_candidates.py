@@ -5,6 +5,8 @@ Small volumes only: the whole file runs in well under a minute on 2 cores.
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -540,11 +542,11 @@ def test_cli_train_with_cross_validation_on_tiny_phantoms(tmp_path, capsys):
     # Worker processes build the same table as one process (on two of the scans).
     pair = tmp_path / "pair"
     pair.mkdir()
-    for path in sorted(data.glob("*.mhd"))[:2]:
-        for part in (path, path.with_suffix(".raw")):
-            (pair / part.name).write_bytes(part.read_bytes())
+    scans = sorted(data.glob("*.mhd"))[:2]
+    for path in [*scans, *(p.with_suffix(".raw") for p in scans)]:
+        shutil.copy(path, pair)
     for name in ("nodule_types.csv", "annotations.csv", "annotations_excluded.csv"):
-        (pair / name).write_bytes((data / name).read_bytes())
+        shutil.copy(data / name, pair)
     one = training_table([pair], DetectorConfig(device="cpu"))
     two = training_table([pair], DetectorConfig(device="cpu"), jobs=2)
     for key in ("F", "y", "w", "scan", "center", "nodule", "factor"):

@@ -8,6 +8,8 @@ Run from the repository root::
     python -m benchmarks run --suite full --device cuda --out results/full-gpu
     python -m benchmarks run --only blobs-d2-n1000 --repeats 1 --no-sweep --out /tmp/smoke
     python -m benchmarks list --suite quick
+    python -m benchmarks gpu                      # the one-shot GPU check (benchmarks/gpu_check.py)
+    python -m benchmarks gpu --smoke --out /tmp/gpu_check
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     --------
     >>> main(["list", "--suite", "quick"])  # doctest: +SKIP
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["gpu"]:
+        # gpu_check parses its own options; --smoke must set TRITON_INTERPRET before triton loads.
+        from .gpu_check import main as gpu_main
+
+        return gpu_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description="meanshift_gpu benchmark suite")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a suite and write results.json, results.md and plots")
@@ -43,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="bandwidths of the quality sweep, as multiples of the case's bandwidth")
     run.add_argument("--no-sweep", action="store_true", help="skip the quality-vs-bandwidth sweep")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sub.add_parser("gpu", help="one-shot GPU check: CUDA test suite, workloads, targets "
+                               "(python -m benchmarks gpu --help)", add_help=False)
     listing = sub.add_parser("list", help="list the cases and methods of a suite")
     listing.add_argument("--suite", choices=["quick", "full"], default="quick")
     listing.add_argument("--device", choices=["cpu", "cuda"], default="cpu")

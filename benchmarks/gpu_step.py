@@ -3,8 +3,10 @@
 For N in {100k, 1M} points and d in {2, 8, 32, 128} features, every point is
 a seed (N x N kernel evaluations) and one step is timed for:
 
-- ``triton``: :func:`meanshift_gpu.kernels.mean_shift_step` (autotuned; the
-  autotuning run is excluded from the timing and reported separately), in
+- ``triton fused``: one step of the fit's fused ascent kernel
+  (:mod:`meanshift_gpu.kernels._ascent`, float32, up to 16 features);
+- ``triton``: :func:`meanshift_gpu.kernels.mean_shift_step` (tiles from the
+  committed table; the first, compiling call is reported separately), in
   each requested precision;
 - ``torch engine``: the library's chunked pure-torch step
   (:func:`meanshift_gpu._reference.mean_shift_step` with the tile sizes the
@@ -124,6 +126,21 @@ def triton_step(seeds, data, kernel, precision):
     return kernels.mean_shift_step(seeds, data, kernel=kernel, precision=precision).positions
 
 
+def fused_step(seeds, data_t, kernel):
+    """One step of the fit's fused ascent kernel (every seed moving: ``tol=0``)."""
+    from meanshift_gpu.kernels import _ascent
+
+    m = seeds.shape[0]
+    positions = seeds.clone()
+    zeros = torch.zeros(m, dtype=seeds.dtype, device=seeds.device)
+    _ascent.ascent_steps(
+        positions, zeros, zeros.clone(), torch.zeros(m, dtype=torch.long, device=seeds.device),
+        torch.zeros(m, dtype=torch.int8, device=seeds.device), torch.arange(m, device=seeds.device),
+        data_t, None, kernel=kernel, tol=0.0, max_iter=2**31 - 1,
+    )
+    return positions
+
+
 def synchronize(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -188,9 +205,21 @@ def run(args) -> None:
                     lambda: lesson_loop_step(data, data, args.kernel, batch), device, args.repeat, args.budget
                 )
                 rows.append(("lesson loop", lesson_time, ""))
+            if not args.skip_fused and n_features <= 16:
+                data_t = data.T.contiguous()
+                start = time.perf_counter()
+                fused_step(data, data_t, args.kernel)  # compiles on first use
+                synchronize(device)
+                first_s = time.perf_counter() - start
+                t, result = timed(lambda: fused_step(data, data_t, args.kernel), device, args.repeat, args.budget)
+                check = f"first call {first_s:.1f}s"
+                if engine_result is not None:
+                    check += f", max |diff| vs engine {float((result - engine_result).abs().max()):.1e}"
+                rows.append(("triton fused", t, check))
+                del data_t
             for precision in args.precisions:
                 start = time.perf_counter()
-                first = triton_step(data, data, args.kernel, precision)  # autotunes on first use
+                first = triton_step(data, data, args.kernel, precision)  # compiles on first use
                 synchronize(device)
                 tune_s = time.perf_counter() - start
                 t, result = timed(
@@ -230,6 +259,7 @@ def main(argv=None) -> int:
                         help="stop repeating a method once its runs took this many seconds")
     parser.add_argument("--skip-lesson", action="store_true", help="do not time the lesson loop")
     parser.add_argument("--skip-engine", action="store_true", help="do not time the torch engine")
+    parser.add_argument("--skip-fused", action="store_true", help="do not time the fused ascent kernel")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny CPU run under the Triton interpreter, to test this script")
     args = parser.parse_args(argv)

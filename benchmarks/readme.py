@@ -4,11 +4,15 @@ Usage (from the repository root)::
 
     python -m benchmarks.readme benchmarks/reference_cpu benchmarks/reference_cpu_20k
     python -m benchmarks.readme --check benchmarks/reference_cpu benchmarks/reference_cpu_20k
+    python -m benchmarks.readme benchmarks/reference_cpu benchmarks/reference_cpu_20k benchmarks/reference_gpu
 
 The section between ``<!-- performance:start -->`` and
 ``<!-- performance:end -->`` in README.md is replaced (or, with ``--check``,
 compared and a difference reported with exit status 1), so the README never
-quotes a number that is not in a results file.
+quotes a number that is not in a results file.  A folder written by
+``python -m benchmarks gpu`` (``results.json`` with ``"kind": "gpu_check"``)
+adds the GPU table: workload, first fit, warm fit, clusters, ARI against the
+CPU fit, target and whether it was met, with its machine and test counts.
 """
 
 from __future__ import annotations
@@ -72,19 +76,79 @@ def _machine_line(result: dict, folder: Path) -> str:
     return "- " + ", ".join(parts)
 
 
+def _gpu_machine_line(result: dict, folder: Path) -> str:
+    machine = result["machine"]
+    commit = str(machine.get("git_commit", "?"))
+    if machine.get("git_uncommitted_files"):
+        commit += f" + {machine['git_uncommitted_files']} uncommitted files"
+    parts = [
+        f"`{folder.as_posix()}`: {result['suite']} on {result['device']}",
+        f"GPU {machine.get('gpu', 'none')}",
+    ]
+    if machine.get("gpu_sms"):
+        parts.append(f"{machine['gpu_sms']} SMs")
+    parts += [
+        f"driver {machine.get('driver', '?')}",
+        f"CUDA {machine.get('cuda_runtime', '?')}",
+        str(machine.get("cpu", "?")),
+        f"{machine.get('cores', '?')} cores",
+        f"torch {machine.get('torch', '?')}",
+        f"triton {machine.get('triton', '?')}",
+        f"commit {commit}",
+        str(machine.get("date", "?")),
+        f"{result.get('wall_s', 0):.0f} s wall",
+    ]
+    return "- " + ", ".join(parts)
+
+
+def gpu_section(folder: Path, result: dict) -> list[str]:
+    """Lines of the GPU table for one ``python -m benchmarks gpu`` results folder.
+
+    Examples
+    --------
+    >>> gpu_section(Path("r"), {"suite": "gpu check", "device": "cuda", "machine": {}, "smoke": False,
+    ...     "tests": {}, "workloads": []})[-1]
+    '|---|---|---|---|---|---|---|'
+    """
+    from .gpu_check import tests_line, workload_table
+
+    lines = [""]
+    if result.get("smoke"):
+        lines += ["**SMOKE RUN on the CPU (`--smoke`): the numbers below mean nothing.**", ""]
+    lines += [
+        "GPU check (`python -m benchmarks gpu`): every point a seed, `MeanShift(bandwidth=h)` with default",
+        "settings on `make_blobs` data (float32 numpy input: the copies to and from the GPU are inside the",
+        "times); first fit = the first in a fresh process (compilation included; CUDA's start-up timed",
+        "apart), warm fit = best of the next ones; ARI against a CPU fit of the same data (which CPU fit,",
+        "per row, in the results file).",
+        "The step and nodule rows give their measurements in the last column; the nodule row's warm time",
+        "is the whole detection on the scan (after a smaller warm-up scan).",
+        "",
+        _gpu_machine_line(result, folder),
+    ]
+    tests = tests_line(result)
+    if tests:
+        lines += ["", tests]
+    lines += ["", *workload_table(result)]
+    return lines
+
+
 def _rows_by(result: dict) -> dict:
     return {(row["case"], row["method"]): row for row in result["rows"]}
 
 
 def section(folders: list[Path]) -> str:
     """Markdown of the performance section from the given result folders."""
-    results = [(folder, _load(folder)) for folder in folders]
+    loaded = [(folder, _load(folder)) for folder in folders]
+    gpu = [(folder, result) for folder, result in loaded if result.get("kind") == "gpu_check"]
+    results = [(folder, result) for folder, result in loaded if result.get("kind") != "gpu_check"]
+    gpu_note = "GPU: `python -m benchmarks gpu`, below." if gpu else "GPU: not measured yet (no GPU was available)."
     lines = [
         "Measured by `python -m benchmarks run` (see [benchmarks/README.md](benchmarks/README.md));",
         "this section is generated from the results files by `python -m benchmarks.readme`.",
         "Times are medians in seconds, fit only (bandwidth given); `~t*` = extrapolated from smaller",
         "sizes (not run); every row that ran found the generating clusters unless its ARI says",
-        "otherwise in the results file. GPU: not measured yet (no GPU was available).",
+        f"otherwise in the results file. {gpu_note}",
         "",
         "Machines:",
     ]
@@ -148,6 +212,8 @@ def section(folders: list[Path]) -> str:
             cells = [_cell(rows.get((c["id"], method))) for c in dims]
             if any(cells):
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    for folder, result in gpu:
+        lines += gpu_section(folder, result)
     plots = [(title, (folder / p).as_posix()) for folder, result in results for title, p in result.get("plots", {}).items()]
     if plots:
         lines += ["", " ".join(f"![{title}]({path})" for title, path in plots)]

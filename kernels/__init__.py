@@ -18,8 +18,9 @@ contracts of :mod:`meanshift_gpu._reference`, which is their test oracle:
 
 They run compiled on CUDA tensors, or on CPU tensors under Triton's
 interpreter (``TRITON_INTERPRET=1``, which must be set before Triton is first
-imported; slow, for tests).  Tile sizes are autotuned on the GPU and fixed
-under the interpreter.
+imported; slow, for tests).  Tile sizes come from a committed table keyed
+by GPU architecture, feature count and kernel (:mod:`meanshift_gpu.kernels._tiles`),
+so no fit autotunes; ``MEANSHIFT_GPU_AUTOTUNE=1`` asks for autotuning instead.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def mean_shift_step(
         ``meanshift_gpu.kernels._mean_shift_step``.  Up to 4 features the
         distances are per-feature differences and always float32.
     block_seeds, block_points : int or None
-        Tile sizes (powers of two >= 16); ``None`` autotunes on the GPU and
+        Tile sizes (powers of two >= 16); ``None`` takes them from the tile table on the GPU and
         uses fixed small tiles under the interpreter.  Results do not depend
         on them beyond float rounding.
 
@@ -258,7 +259,7 @@ def blocked_step(
         whose partial sums are combined afterwards (load balance for skewed
         blocks).  ``None``: ``max(1024, 4 * mean list length)``.
     block_seeds, block_points : int or None
-        Tile sizes (powers of two >= 16); ``None`` autotunes on the GPU.
+        Tile sizes (powers of two >= 16); ``None`` takes them from the tile table.
     validate : bool, default=True
         Check the CSR layout and index range first (costs a few reductions).
 
@@ -319,7 +320,7 @@ def candidate_step(
     kernel : {"flat", "gaussian", "epanechnikov"}
         Kernel profile (bandwidth 1).
     block_seeds, block_candidates : int or None
-        Tile sizes (powers of two); ``None`` autotunes on the GPU.
+        Tile sizes (powers of two); ``None`` takes them from the tile table.
     validate : bool, default=True
         Check that no index exceeds the data (one reduction).
 
@@ -343,3 +344,13 @@ def candidate_step(
         seeds, data, weights, candidates, kernel=kernel, block_seeds=block_seeds,
         block_candidates=block_candidates, validate=validate,
     )
+
+
+def _ascent_module() -> ModuleType:
+    """The fused ascent kernel's module (:mod:`meanshift_gpu.kernels._ascent`), imported on first use."""
+    return _implementation("_ascent")
+
+
+def _ascent_max_features() -> int:
+    """Most features the fused ascent kernel takes (it unrolls its per-feature loops)."""
+    return 16

@@ -32,6 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._tiles import autotune_requested, pick_tile
 from ._common import EXACT_MAX_FEATURES, INTERPRETED, as_rows, check_device, feature_tile
 
 _GPU_BLOCK_ELEMENTS = 1 << 27  # 512 MiB of float32 distances per query block
@@ -114,12 +115,17 @@ def pairwise_squared_distances(
         block_q, block_n = _INTERPRETER_TILES
         grid = (triton.cdiv(n_queries, block_q), triton.cdiv(n_points, block_n))
         _pairwise_kernel[grid](*args, **meta, BLOCK_Q=block_q, BLOCK_N=block_n)
-    else:
+    elif autotune_requested():
         grid = lambda m: (  # noqa: E731
             triton.cdiv(n_queries, m["BLOCK_Q"]),
             triton.cdiv(n_points, m["BLOCK_N"]),
         )
         _pairwise_tuned[grid](*args, **meta)
+    else:
+        tile = pick_tile("pairwise", n_features, device=queries.device)
+        grid = (triton.cdiv(n_queries, tile.rows), triton.cdiv(n_points, tile.cols))
+        _pairwise_kernel[grid](*args, **meta, BLOCK_Q=tile.rows, BLOCK_N=tile.cols,
+                               num_warps=tile.num_warps, num_stages=tile.num_stages)
     return out
 
 

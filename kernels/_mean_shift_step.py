@@ -63,6 +63,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._tiles import Tile, autotune_requested, pick_tile
 from ._common import (
     EXACT_MAX_FEATURES,
     INTERPRETED,
@@ -387,12 +388,14 @@ def mean_shift_step(
         )
         if tiles is None and INTERPRETED:
             tiles = _INTERPRETER_TILES["exact"]
-        if tiles is None:
+        if tiles is None and autotune_requested():
             grid = lambda m: (triton.cdiv(n_seeds, m["BLOCK_S"]),)  # noqa: E731
             _step_exact_tuned[grid](*args, **meta)
         else:
-            grid = (triton.cdiv(n_seeds, tiles[0]),)
-            _step_exact_kernel[grid](*args, **meta, BLOCK_S=tiles[0], BLOCK_N=tiles[1])
+            tile = _tile("step_exact", n_features, kernel, seeds.device, tiles)
+            grid = (triton.cdiv(n_seeds, tile.rows),)
+            _step_exact_kernel[grid](*args, **meta, BLOCK_S=tile.rows, BLOCK_N=tile.cols,
+                                     num_warps=tile.num_warps, num_stages=tile.num_stages)
     else:
         block_d, d_tiles = feature_tile(n_features)
         args = (
@@ -409,20 +412,29 @@ def mean_shift_step(
         )
         if tiles is None and INTERPRETED:
             tiles = _INTERPRETER_TILES["dot"]
-        if tiles is None:
+        if tiles is None and autotune_requested():
             grid = lambda m: (triton.cdiv(n_seeds, m["BLOCK_S"]), d_tiles)  # noqa: E731
             _step_dot_tuned[grid](*args, **meta)
         else:
-            grid = (triton.cdiv(n_seeds, tiles[0]), d_tiles)
-            _step_dot_kernel[grid](*args, **meta, BLOCK_S=tiles[0], BLOCK_N=tiles[1])
+            tile = _tile("step_dot", n_features, kernel, seeds.device, tiles)
+            grid = (triton.cdiv(n_seeds, tile.rows), d_tiles)
+            _step_dot_kernel[grid](*args, **meta, BLOCK_S=tile.rows, BLOCK_N=tile.cols,
+                                   num_warps=tile.num_warps, num_stages=tile.num_stages)
     return StepResult(positions.to(out_dtype), log_density.to(out_dtype))
+
+
+def _tile(op, n_features, kernel, device, tiles):
+    """Explicit tiles, else the committed table's row for this GPU (see ``_tiles``)."""
+    if tiles is not None:
+        return Tile(tiles[0], tiles[1])
+    return pick_tile(op, n_features, kernel, device)
 
 
 def _choose_tiles(block_seeds: int | None, block_points: int | None) -> tuple[int, int] | None:
     if block_seeds is None and block_points is None:
         return None
     if block_seeds is None or block_points is None:
-        raise ValueError("give both block_seeds and block_points, or neither (autotuned)")
+        raise ValueError("give both block_seeds and block_points, or neither (from the tile table)")
     for name, value in (("block_seeds", block_seeds), ("block_points", block_points)):
         if value < 16 or value & (value - 1):
             raise ValueError(f"{name} must be a power of two >= 16, got {value}")

@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._tiles import Tile, autotune_requested, pick_tile
 from ._common import (
     EXACT_MAX_FEATURES,
     INTERPRETED,
@@ -145,17 +146,22 @@ def nearest_centers(
     )
     meta = dict(EXACT=exact, N_EXACT=n_features if exact else 0, BLOCK_D=block_d, D_TILES=d_tiles)
     if (block_points is None) != (block_centers is None):
-        raise ValueError("give both block_points and block_centers, or neither (autotuned)")
+        raise ValueError("give both block_points and block_centers, or neither (from the tile table)")
     tiles = None if block_points is None else (block_points, block_centers)
     if tiles is None and INTERPRETED:
         tiles = _INTERPRETER_TILES
-    if tiles is None:
+    if tiles is None and autotune_requested():
         grid = lambda m: (triton.cdiv(n_points, m["BLOCK_P"]),)  # noqa: E731
         _nearest_tuned[grid](*args, **meta)
     else:
-        for name, value in zip(("block_points", "block_centers"), tiles):
-            if value < 16 or value & (value - 1):
-                raise ValueError(f"{name} must be a power of two >= 16, got {value}")
-        grid = (triton.cdiv(n_points, tiles[0]),)
-        _nearest_kernel[grid](*args, **meta, BLOCK_P=tiles[0], BLOCK_C=tiles[1])
+        if tiles is None:
+            tile = pick_tile("nearest", n_features, device=points.device)
+        else:
+            for name, value in zip(("block_points", "block_centers"), tiles):
+                if value < 16 or value & (value - 1):
+                    raise ValueError(f"{name} must be a power of two >= 16, got {value}")
+            tile = Tile(*tiles)
+        grid = (triton.cdiv(n_points, tile.rows),)
+        _nearest_kernel[grid](*args, **meta, BLOCK_P=tile.rows, BLOCK_C=tile.cols,
+                              num_warps=tile.num_warps, num_stages=tile.num_stages)
     return index, dist2.to(out_dtype)

@@ -50,6 +50,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._tiles import Tile, autotune_requested, pick_tile
 from ._common import (
     EXACT_MAX_FEATURES,
     INTERPRETED,
@@ -466,16 +467,21 @@ def blocked_step(
     tiles = None
     if block_seeds is not None or block_points is not None:
         if block_seeds is None or block_points is None:
-            raise ValueError("give both block_seeds and block_points, or neither (autotuned)")
+            raise ValueError("give both block_seeds and block_points, or neither (from the tile table)")
         tiles = (_check_tile("block_seeds", block_seeds, 16), _check_tile("block_points", block_points, 16))
     elif INTERPRETED:
         tiles = _INTERPRETER_BLOCKED
-    if tiles is None:
+    if tiles is None and autotune_requested():
         grid = lambda m: (n_items, d_tiles, triton.cdiv(seed_block, m["BLOCK_S"]))  # noqa: E731
         _blocked_tuned[grid](*args, **meta)
     else:
-        grid = (n_items, d_tiles, triton.cdiv(seed_block, tiles[0]))
-        _blocked_kernel[grid](*args, **meta, BLOCK_S=tiles[0], BLOCK_N=tiles[1])
+        tile = Tile(*tiles) if tiles is not None else pick_tile("blocked", n_features, kernel, device)
+        # A program never needs more rows than a block has seeds (tl.dot needs 16).
+        rows = min(tile.rows, triton.next_power_of_2(seed_block))
+        rows = rows if exact else max(16, rows)
+        grid = (n_items, d_tiles, triton.cdiv(seed_block, rows))
+        _blocked_kernel[grid](*args, **meta, BLOCK_S=rows, BLOCK_N=tile.cols,
+                              num_warps=tile.num_warps, num_stages=tile.num_stages)
     if not is_split:
         return StepResult(positions.to(out_dtype), log_density.to(out_dtype))
 
@@ -538,15 +544,17 @@ def candidate_step(
     tiles = None
     if block_seeds is not None or block_candidates is not None:
         if block_seeds is None or block_candidates is None:
-            raise ValueError("give both block_seeds and block_candidates, or neither (autotuned)")
+            raise ValueError("give both block_seeds and block_candidates, or neither (from the tile table)")
         tiles = (_check_tile("block_seeds", block_seeds, 1),
                  _check_tile("block_candidates", block_candidates, 1))
     elif INTERPRETED:
         tiles = _INTERPRETER_CANDIDATE
-    if tiles is None:
+    if tiles is None and autotune_requested():
         grid = lambda m: (triton.cdiv(n_seeds, m["BLOCK_S"]), d_tiles)  # noqa: E731
         _candidate_tuned[grid](*args, **meta)
     else:
-        grid = (triton.cdiv(n_seeds, tiles[0]), d_tiles)
-        _candidate_kernel[grid](*args, **meta, BLOCK_S=tiles[0], BLOCK_K=tiles[1])
+        tile = Tile(*tiles) if tiles is not None else pick_tile("candidate", n_features, kernel, device)
+        grid = (triton.cdiv(n_seeds, tile.rows), d_tiles)
+        _candidate_kernel[grid](*args, **meta, BLOCK_S=tile.rows, BLOCK_K=tile.cols,
+                                num_warps=tile.num_warps, num_stages=tile.num_stages)
     return StepResult(positions.to(out_dtype), log_density.to(out_dtype))

@@ -142,20 +142,30 @@ def _triton_module():
     return kernels
 
 
+# The Triton step, nearest-center and k-th-distance kernels compute in
+# float32; float64 data take the float64 torch versions instead, so float64
+# input is computed in float64 on every device (scikit-learn parity).  The
+# fused ascent kernel (meanshift_gpu.kernels._ascent) runs float64 itself.
 def _triton_step(seeds, data, weights, kernel, blocks: Blocks):
+    if seeds.dtype == torch.float64:
+        return _torch_step(seeds, data, weights, kernel, blocks)
     return _triton_module().mean_shift_step(seeds, data, weights, kernel=kernel)
 
 
 def _triton_nearest(points, centers, blocks: Blocks):
+    if points.dtype == torch.float64:
+        return _torch_nearest(points, centers, blocks)
     return _triton_module().nearest_centers(points, centers)
 
 
 def _triton_kth(queries, data, k, blocks: Blocks):
+    if queries.dtype == torch.float64:
+        return _torch_kth(queries, data, k, blocks)
     return _triton_module().kth_neighbor_distance(queries, data, k)
 
 
 def _triton_blocked(seeds, data, weights, block_starts, block_indices, *, kernel, seed_block, truncate=None):
-    if truncate is not None and kernel == "gaussian":
+    if (truncate is not None and kernel == "gaussian") or seeds.dtype == torch.float64:
         # The fused kernel has no truncation radius: the torch step keeps the
         # Gaussian's result independent of how seeds were blocked.
         from ._sparse import blocked_step

@@ -93,8 +93,9 @@ def estimate_bandwidth(
         points = points[torch.from_numpy(idx).to(points.device) if isinstance(points, torch.Tensor) else idx]
     dev = resolve_device(device, points)
     # Float64 keeps parity with sklearn's tree-based distances; the cost is
-    # small next to the neighbour search itself on the CPU.
-    compute = torch.float64 if dev.type == "cpu" else torch.float32
+    # small next to the neighbour search itself on the CPU.  On a GPU float32
+    # data are searched in float32 (the fast path) and float64 data in float64.
+    compute = torch.float64 if dev.type == "cpu" or out_dtype is np.float64 else torch.float32
     tensor = as_tensor(points, dev, compute)
     chosen = resolve_backend(backend, dev)
     value = kth_neighbor_bandwidth(tensor, quantile, chosen, auto_blocks(dev, "auto", compute))

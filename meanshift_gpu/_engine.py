@@ -247,6 +247,100 @@ def ascend_seeds(
     return Ascent(positions, log_density, n_iter, left, n_stepped)
 
 
+# Fused ascent: launches between two host synchronisations (each drops the
+# stopped seeds); a seed that stops early idles through at most this many.
+_FUSED_STEPS_PER_SYNC = 8
+
+
+def fused_ascent_unavailable(config: "EngineConfig", n_features: int, dtype: torch.dtype,
+                             device: torch.device) -> str | None:
+    """Why the fused device-resident ascent cannot serve this fit, or None when it can."""
+    if config.backend.name != "triton":
+        return f"backend {config.backend.name!r} has no fused ascent kernel"
+    from .kernels import _ascent_max_features
+
+    if not 1 <= n_features <= _ascent_max_features():
+        return f"{n_features} features: the fused ascent unrolls 1 to {_ascent_max_features()}"
+    if dtype not in (torch.float32, torch.float64):
+        return f"dtype {dtype} is not float32 or float64"
+    return None
+
+
+def ascend_fused(
+    seeds: torch.Tensor,
+    data: torch.Tensor,
+    weights: torch.Tensor | None,
+    config: EngineConfig,
+    ranges=None,
+    *,
+    steps_per_sync: int = _FUSED_STEPS_PER_SYNC,
+) -> Ascent:
+    """:func:`ascend_seeds` with the fused Triton kernel: state on the device, few host syncs.
+
+    Same stopping rules and results as :func:`ascend_seeds` (to float
+    rounding).  The seeds' positions, density sums, step counts and stop
+    flags stay on the device; the host launches ``steps_per_sync`` fused
+    steps in a row (stopped seeds are skipped inside the kernel), then drops
+    the stopped seeds.  At each synchronisation, seeds at bit-identical
+    positions with equal step counts are grouped and only one of each group
+    is stepped until the next one (exact: they follow identical paths); with
+    ``ranges`` (a :class:`meanshift_gpu.kernels._ascent.GridRanges` of the
+    data), seeds are sorted by cell so a program's seeds share their cells.
+    """
+    from .kernels import _ascent_module
+
+    ascent_kernel = _ascent_module()
+    dtype = seeds.dtype
+    n_seeds, n_features = seeds.shape
+    positions = seeds.clone().contiguous()
+    density = torch.zeros(n_seeds, dtype=dtype, device=seeds.device)
+    logit_max = torch.zeros(n_seeds, dtype=dtype, device=seeds.device)
+    n_iter = torch.zeros(n_seeds, dtype=torch.long, device=seeds.device)
+    done = torch.zeros(n_seeds, dtype=torch.int8, device=seeds.device)
+    if ranges is None:
+        data_t = data.T.contiguous()
+        kernel_weights = weights
+    else:
+        data_t, kernel_weights = ranges.data_t, ranges.weights
+    if kernel_weights is not None and config.kernel == "gaussian":
+        kernel_weights = torch.log2(kernel_weights)  # Gaussian weights enter the base-2 logits
+    active = torch.arange(n_seeds, device=seeds.device)
+    n_stepped = 0
+    round_ = 0
+    while active.numel():
+        stepped, owner = active, None
+        if active.numel() >= _DEDUP_MIN_SEEDS:
+            first, group = distinct_rows(positions[active], n_iter[active])
+            if first.numel() <= 0.9 * active.numel():
+                stepped, owner = active[first], active[first][group]
+        if ranges is not None:
+            stepped = stepped[torch.argsort(ranges.seed_keys(positions[stepped]))]
+        ascent_kernel.ascent_steps(
+            positions, density, logit_max, n_iter, done, stepped, data_t, kernel_weights,
+            kernel=config.kernel, tol=config.tol, max_iter=config.max_iter, n_steps=steps_per_sync,
+            ranges=ranges,
+        )
+        n_stepped += stepped.shape[0] * steps_per_sync
+        if owner is not None:
+            # Followers take their representative's state (same path, exactly).
+            positions[active] = positions[owner]
+            density[active] = density[owner]
+            logit_max[active] = logit_max[owner]
+            n_iter[active] = n_iter[owner]
+            done[active] = done[owner]
+        active = active[done[active] == 0]
+        round_ += 1
+        config.log(
+            f"fused ascent, {round_ * steps_per_sync} steps: {active.numel()} of {n_seeds} seeds "
+            f"still moving ({stepped.shape[0]} distinct stepped)"
+        )
+    log_density = torch.where(density > 0, torch.log(torch.where(density > 0, density, 1.0)),
+                              torch.full_like(density, -math.inf))
+    if config.kernel == "gaussian":
+        log_density = log_density + torch.where(density > 0, logit_max, 0.0) * math.log(2.0)
+    return Ascent(positions, log_density, n_iter, None, n_stepped)
+
+
 def blur(
     data: torch.Tensor,
     weights: torch.Tensor | None,
@@ -295,10 +389,30 @@ def blur(
 
 def densest_first(positions: torch.Tensor, intensity: torch.Tensor) -> torch.Tensor:
     """Order (indices) by ``(intensity, coordinate 0, coordinate 1, ...)`` descending."""
+    if positions.device.type != "cpu":
+        return densest_first_on_device(positions, intensity)
     keys = torch.cat([intensity[:, None], positions], 1).cpu().double().numpy()
     # lexsort's last key is primary.
     order = np.lexsort(keys.T[::-1])[::-1].copy()
     return torch.from_numpy(order).to(positions.device)
+
+
+def densest_first_on_device(positions: torch.Tensor, intensity: torch.Tensor) -> torch.Tensor:
+    """:func:`densest_first` by stable sorts on the tensors' device (no round trip to the host).
+
+    Stable ascending sorts from the least significant key, then reversed:
+    the order of numpy's ``lexsort(...)[::-1]``, ties included.
+
+    Examples
+    --------
+    >>> pos = torch.tensor([[0.0], [1.0], [2.0]])
+    >>> densest_first_on_device(pos, torch.tensor([1.0, 3.0, 1.0])).tolist()
+    [1, 2, 0]
+    """
+    order = torch.arange(positions.shape[0], device=positions.device)
+    for key in [*positions.unbind(1)[::-1], intensity]:
+        order = order[torch.sort(key[order], stable=True).indices]
+    return order.flip(0)
 
 
 def merge_modes(

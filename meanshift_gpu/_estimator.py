@@ -20,7 +20,9 @@ from ._backends import resolve_backend
 from ._adaptive import PointBandwidths, adaptive_backend
 from ._bandwidth import estimate_bandwidth, feature_bandwidths
 from ._bandwidth_rules import RULE_NAMES, resolve_rule, unknown_rule_message
-from ._neighbors import NEIGHBOR_METHODS, build_pruner, check_neighbor_options, choose_method, kernel_reach
+from ._neighbors import (
+    _GRID_MAX_FEATURES, NEIGHBOR_METHODS, build_pruner, check_neighbor_options, choose_method, kernel_reach,
+)
 from ._grid import GridIndex
 from ._reference import KERNELS
 from ._seeding import bin_seeds
@@ -47,6 +49,7 @@ class _FitResult:
     scale: torch.Tensor
     offset: torch.Tensor
     neighbors: str = "dense"
+    info: dict | None = None
 
 
 class MeanShift(ClusterMixin, BaseEstimator):
@@ -157,7 +160,10 @@ class MeanShift(ClusterMixin, BaseEstimator):
         True or False: the flat kernel's exact step from running sums over
         rows of fine cells, d <= 3) and ``compiled`` ("auto", True or False:
         run those sums as a compiled CPU loop; needs numba, which "auto"
-        uses when installed and the data are on the CPU).
+        uses when installed and the data are on the CPU); ``cells_per_reach``
+        ("auto" or 1 to 8: the grid's cells per kernel reach when the fused
+        Triton ascent reads it as ranges of cell-sorted points; "auto" is 2
+        in 1-3 D and 1 above).
     batch_size : int or "auto", default="auto"
         Seeds per tile; "auto" sizes tiles from a memory budget.  Results do
         not depend on it beyond float rounding.
@@ -174,6 +180,12 @@ class MeanShift(ClusterMixin, BaseEstimator):
         Maximum number of iterations performed on any seed.
     neighbors_ : str
         The neighbour method actually used ("auto" resolved).
+    fit_info_ : dict
+        What ran, with the reason where a choice was automatic: ``device``,
+        ``dtype`` (the compute dtype: the input's float dtype, so float64
+        data are computed in float64 on the GPU too), ``backend``,
+        ``neighbors`` and ``ascent`` (``"fused (...)"``: the device-resident
+        Triton loop; ``"host loop (why)"`` otherwise).
     n_features_in_ : int
         Number of features seen during fit.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -311,6 +323,7 @@ class MeanShift(ClusterMixin, BaseEstimator):
         self.labels_ = result.labels.cpu().numpy().astype(np.int64, copy=False)
         self.n_iter_ = result.n_iter
         self.neighbors_ = result.neighbors
+        self.fit_info_ = dict(result.info or {})
         self.bandwidth_ = result.bandwidth
         self.cluster_sizes_ = np.bincount(
             self.labels_[self.labels_ >= 0], minlength=len(self.cluster_centers_)
@@ -455,6 +468,7 @@ def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
             ).step
 
         make_step = None if method == "dense" else rebuild_pruner
+        ascent_info = "host loop (blurring moves the data every iteration)"
         ascent = _engine.blur(scaled, weights, config, make_step)
         modes_at = ascent.positions
         if weights is not None:
@@ -479,13 +493,17 @@ def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
         method = _resolve_neighbors(
             est, seeds_scaled.shape[0], n_samples, n_features, device, point_bandwidths, lazy_grid
         )
-        pruner = build_pruner(
-            method, scaled, weights, kernel=est.kernel, options=options,
-            dense_step=config.backend.step, blocked_step=config.backend.blocked_step,
-            grid=grid[0] if grid else None,
-        )
         config.log(f"neighbour method: {method}")
-        ascent = _engine.ascend_seeds(seeds_scaled, scaled, weights, config, pruner.step)
+        ascent, ascent_info = _fused_ascent(est, config, method, options, seeds_scaled, scaled, weights,
+                                            reach, point_bandwidths)
+        if ascent is None:
+            pruner = build_pruner(
+                method, scaled, weights, kernel=est.kernel, options=options,
+                dense_step=config.backend.step, blocked_step=config.backend.blocked_step,
+                grid=grid[0] if grid else None,
+            )
+            ascent = _engine.ascend_seeds(seeds_scaled, scaled, weights, config, pruner.step)
+        config.log(f"ascent: {ascent_info}")
         modes_at = scaled
     centers = _engine.merge_modes(ascent.positions, ascent.log_density)
     if centers.shape[0] == 0:
@@ -502,7 +520,54 @@ def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
         scale=scale,
         offset=offset,
         neighbors=method,
+        info={
+            "device": str(device),
+            "dtype": str(dtype).replace("torch.", ""),
+            "backend": config.backend.name,
+            "neighbors": method,
+            "ascent": ascent_info,
+        },
     )
+
+
+# Cells per reach of the fused ranges kernel: in 1-3 D half-reach cells cut
+# the volume a block reads (5**d half cells against 3**d whole ones); in
+# more dimensions the table of cells would grow 2**d times.
+_RANGES_CELLS_PER_REACH = {1: 2, 2: 2, 3: 2}
+
+
+def _fused_ascent(est, config, method, options, seeds, data, weights, reach, point_bandwidths):
+    """The seeds' ascent through the fused device-resident kernel, or ``(None, why not)``.
+
+    Serves dense and grid fits of the Triton backend (auto on CUDA); the grid
+    runs as ranges of cell-sorted points.  Row sums asked for by name, LSH,
+    faiss and per-point bandwidths keep the host loop.
+    """
+    reason = _engine.fused_ascent_unavailable(config, data.shape[1], data.dtype, data.device)
+    if reason is None and point_bandwidths is not None:
+        reason = "per-point (adaptive) bandwidths"
+    if reason is None and method not in ("dense", "grid"):
+        reason = f"neighbors={method!r} reads candidate lists"
+    if reason is None and method == "grid" and (options["row_sums"] is True or options["compiled"] is True):
+        # Asked for by name: the host loop runs them, or says why it cannot.
+        reason = "row sums were asked for" if options["row_sums"] is True else "the compiled CPU loop was asked for"
+    if reason is None and method == "grid" and data.shape[1] > _GRID_MAX_FEATURES:
+        reason = f"neighbors='grid' takes at most {_GRID_MAX_FEATURES} features"  # the host path raises
+    if reason is not None:
+        return None, f"host loop ({reason})"
+    ranges = None
+    if method == "grid":
+        from .kernels import _ascent_module
+
+        per_reach = options["cells_per_reach"]
+        if per_reach == "auto":
+            per_reach = _RANGES_CELLS_PER_REACH.get(data.shape[1], 1)
+        ranges = _ascent_module().GridRanges.build(data, weights, reach, cells_per_reach=per_reach)
+        if ranges is None:
+            return None, "host loop (the grid's cell table would be too large for ranges)"
+    ascent = _engine.ascend_fused(seeds, data, weights, config, ranges)
+    where = "dense" if ranges is None else f"ranges over {ranges.n_cells} cells of {ranges.cell_side:.4g} bandwidths"
+    return ascent, f"fused ({where})"
 
 
 def _resolve_neighbors(est, n_seeds, n_points, n_features, device, point_bandwidths, grid=None) -> str:

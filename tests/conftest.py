@@ -3,14 +3,110 @@
 Helpers are exposed as session-scoped fixtures (rather than importable
 functions) so that every test file, Hypothesis tests included, can use them
 without relying on ``tests/`` being importable as a package.
+
+Devices.  Every test that fits or computes says which device it checks:
+
+- a test that takes a ``device`` argument is parametrized over ``DEVICES``
+  (ids ``cpu`` / ``cuda``): ``"cpu"`` always, ``"cuda"`` when
+  ``torch.cuda.is_available()``.  Behaviour that must hold on every device
+  (scikit-learn parity, fitted attributes, invariances, error messages) is
+  written this way; on a machine without a GPU it adds nothing.
+- CPU-only behaviour (numba compiled paths, the hash-grid merge, dask, the
+  nodule example, CPU tile sizes, Triton under its interpreter) passes
+  ``device="cpu"`` or CPU tensors explicitly.
+- GPU-only tests carry the ``cuda`` marker and are skipped, with the reason,
+  where CUDA is absent (``tests/test_cuda.py``).
+
+Nothing relies on ``device="auto"`` except the tests of "auto" itself and the
+example scripts (run as users run them, checked on outcomes): on a CUDA
+machine "auto" is the GPU, where results match the CPU only to the tolerance
+of the compute dtype (``tolerance`` below), never bit for bit.  Module-level
+parametrization that cannot take an argument (``parametrize_with_checks``)
+imports ``DEVICES`` from here.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from scipy.optimize import linear_sum_assignment
 from sklearn.datasets import make_blobs
+
+# The devices parity tests run on; ids are the device names.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+NO_CUDA_REASON = "needs a CUDA GPU (torch.cuda.is_available() is False)"
+
+
+def pytest_generate_tests(metafunc):
+    # Plain parametrization rather than a parametrized fixture: it adds no
+    # fixture scope (so Hypothesis tests can take it too) and does not reorder
+    # tests.  A test that parametrizes "device" itself keeps its own values.
+    if "device" in metafunc.fixturenames and not _parametrizes(metafunc, "device"):
+        metafunc.parametrize("device", DEVICES, ids=DEVICES)
+
+
+def _parametrizes(metafunc, name: str) -> bool:
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0] if marker.args else marker.kwargs.get("argnames", "")
+        if isinstance(names, str):
+            names = [n.strip() for n in names.split(",")]
+        if name in names:
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=NO_CUDA_REASON)
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def requires_cuda():
+    """Skip the requesting test (with the reason) where CUDA is absent."""
+    if not torch.cuda.is_available():
+        pytest.skip(NO_CUDA_REASON)
+
+
+def _compute_dtype(dtype) -> np.dtype:
+    """The float dtype the library computes in for input of ``dtype`` (on every device):
+    float32 stays float32, everything else (float64, integers, bool) is float64."""
+    if isinstance(dtype, torch.dtype):
+        return np.dtype(np.float32) if dtype == torch.float32 else np.dtype(np.float64)
+    if isinstance(dtype, (np.ndarray, np.generic, torch.Tensor)):
+        return _compute_dtype(dtype.dtype)
+    return np.dtype(np.float32) if np.dtype(dtype) == np.float32 else np.dtype(np.float64)
+
+
+# Relative precision of a result computed in each dtype, see _tolerance.
+_RELATIVE = {np.dtype(np.float64): 1e-9, np.dtype(np.float32): 1e-5}
+
+
+def _tolerance(dtype, magnitude: float = 1.0) -> dict:
+    """``rtol`` / ``atol`` for results computed in ``dtype`` from data of size ``magnitude``.
+
+    Two computations of the same clustering (CPU and GPU, sklearn and us,
+    two tilings) differ only in summation order: a center is a mean of the
+    points in its window, so its error is a few units in the last place of
+    the data's magnitude, times the log of the window size for blocked sums.
+
+    - float64 (eps 2.2e-16): 1e-9 relative, ~5e6 eps, so any summation order
+      passes, yet it is 100x below float32's rounding (~1e-7): a path that
+      silently computes in float32 fails it.
+    - float32 (eps 1.2e-7): 1e-5 relative, ~80 eps, enough for sums over a
+      million points in blocks and for both sides rounding independently;
+      far below any real change of a window (a point more or less moves a
+      mean by ~bandwidth / window size).
+
+    ``atol`` scales with ``magnitude`` (use ``np.abs(X).max()``): coordinates
+    near 0 carry the absolute error of the data's largest coordinates.
+    """
+    relative = _RELATIVE[_compute_dtype(dtype)]
+    return {"rtol": relative, "atol": relative * float(magnitude)}
 
 
 def _make_blob_data(
@@ -114,6 +210,12 @@ def match_centers():
 def assert_same_clustering():
     """``assert_same_clustering(ref_centers, ref_labels, centers, labels, atol=, rtol=)``."""
     return _assert_same_clustering
+
+
+@pytest.fixture(scope="session")
+def tolerance():
+    """``tolerance(dtype, magnitude=1.0)`` -> ``{"rtol", "atol"}`` for results computed in ``dtype``."""
+    return _tolerance
 
 
 @pytest.fixture

@@ -6,8 +6,11 @@
 - every docstring example in the package runs (``doctest``);
 - ``mean_shift`` equals the estimator, ``estimate_bandwidth`` and
   ``get_bin_seeds`` equal scikit-learn's;
-- numpy, list and torch input, ``device="cpu"``, clone / pickle / Pipeline /
-  GridSearchCV all work.
+- numpy, list and torch input, ``device="auto"`` against an explicit device,
+  clone / pickle / Pipeline / GridSearchCV all work.
+
+Tests that fit take the ``device`` argument (see ``conftest.py``): they run on
+the CPU and, where present, on CUDA.
 """
 
 from __future__ import annotations
@@ -142,6 +145,32 @@ def _skip_unless_triton_can_interpret():
             pytest.skip("Triton was already imported in compiled mode in this session")
 
 
+def _missing_dependency(exc: ImportError) -> str | None:
+    """The optional package whose absence caused ``exc``, or None for our own bug.
+
+    meanshift_gpu.dask re-raises dask's ImportError with an install hint (and
+    no ``name``); the missing module is then on the chained exception.
+    """
+    while exc is not None:
+        name = getattr(exc, "name", None)
+        if name and not name.startswith("meanshift_gpu"):
+            return name
+        cause = exc.__cause__ or exc.__context__
+        exc = cause if isinstance(cause, ImportError) else None
+    return None
+
+
+def test_missing_dependency_is_found_through_the_install_hint():
+    try:
+        try:
+            import a_package_that_does_not_exist  # noqa: F401
+        except ImportError as inner:
+            raise ImportError("meanshift_gpu.dask needs dask: pip install ...") from inner
+    except ImportError as outer:
+        assert _missing_dependency(outer) == "a_package_that_does_not_exist"
+    assert _missing_dependency(ImportError("no name", name="meanshift_gpu._x")) is None
+
+
 @pytest.mark.parametrize("module_name", _package_modules())
 def test_docstring_examples_run(module_name):
     if module_name == "meanshift_gpu.kernels":
@@ -150,8 +179,9 @@ def test_docstring_examples_run(module_name):
         module = importlib.import_module(module_name)
     except ImportError as exc:
         # An optional dependency (dask, triton) that this machine lacks.
-        if getattr(exc, "name", "") and not exc.name.startswith("meanshift_gpu"):
-            pytest.skip(f"{module_name} needs {exc.name}")
+        missing = _missing_dependency(exc)
+        if missing is not None:
+            pytest.skip(f"{module_name} needs {missing}: {exc}")
         raise
     result = doctest.testmod(
         module, optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS, verbose=False
@@ -172,30 +202,34 @@ def test_docstring_examples_run(module_name):
         {"bandwidth": None, "algorithm": "blurring", "kernel": "epanechnikov"},
     ],
 )
-def test_mean_shift_function_matches_the_estimator(blobs, options):
+def test_mean_shift_function_matches_the_estimator(blobs, options, device):
     X, _ = blobs
     weights = np.random.default_rng(0).uniform(0.5, 2.0, len(X))
-    centers, labels = mean_shift(X, sample_weight=weights, **options)
-    model = MeanShift(**options).fit(X, sample_weight=weights)
+    centers, labels = mean_shift(X, sample_weight=weights, device=device, **options)
+    model = MeanShift(device=device, **options).fit(X, sample_weight=weights)
     np.testing.assert_array_equal(centers, model.cluster_centers_)
     np.testing.assert_array_equal(labels, model.labels_)
     assert isinstance(centers, np.ndarray) and isinstance(labels, np.ndarray)
 
 
-def test_mean_shift_function_returns_tensors_for_tensor_input(blobs):
+def test_mean_shift_function_returns_tensors_for_tensor_input(blobs, device):
     X, _ = blobs
-    centers, labels = mean_shift(torch.from_numpy(X), bandwidth=2.0)
+    # device="auto" (the default) follows the tensor's device.
+    tensor = torch.from_numpy(X).to(device)
+    centers, labels = mean_shift(tensor, bandwidth=2.0)
     assert isinstance(centers, torch.Tensor) and isinstance(labels, torch.Tensor)
-    expected_centers, expected_labels = mean_shift(X, bandwidth=2.0)
-    np.testing.assert_array_equal(centers.numpy(), expected_centers)
-    np.testing.assert_array_equal(labels.numpy(), expected_labels)
+    assert centers.device == tensor.device and labels.device == tensor.device
+    assert centers.dtype == torch.float64 and labels.dtype == torch.int64
+    expected_centers, expected_labels = mean_shift(X, bandwidth=2.0, device=device)
+    np.testing.assert_array_equal(centers.cpu().numpy(), expected_centers)
+    np.testing.assert_array_equal(labels.cpu().numpy(), expected_labels)
 
 
-def test_mean_shift_function_matches_sklearn(blobs, assert_same_clustering):
+def test_mean_shift_function_matches_sklearn(blobs, assert_same_clustering, tolerance, device):
     X, _ = blobs
     expected = sklearn.cluster.mean_shift(X, bandwidth=2.0)
-    got = mean_shift(X, bandwidth=2.0)
-    assert_same_clustering(expected[0], expected[1], got[0], got[1], atol=1e-9, rtol=1e-9)
+    got = mean_shift(X, bandwidth=2.0, device=device)
+    assert_same_clustering(expected[0], expected[1], got[0], got[1], **tolerance(X.dtype, np.abs(X).max()))
 
 
 # ---------------------------------------------------------- estimate_bandwidth
@@ -203,23 +237,26 @@ def test_mean_shift_function_matches_sklearn(blobs, assert_same_clustering):
     "quantile, n_samples, random_state",
     [(0.3, None, 0), (0.05, None, 0), (1.0, None, 0), (0.2, 50, 3), (0.5, 120, np.random.RandomState(7))],
 )
-def test_estimate_bandwidth_matches_sklearn(blobs, quantile, n_samples, random_state):
+def test_estimate_bandwidth_matches_sklearn(blobs, quantile, n_samples, random_state, tolerance, device):
     X, _ = blobs
     theirs = sklearn.cluster.estimate_bandwidth(
         X, quantile=quantile, n_samples=n_samples,
         random_state=pickle.loads(pickle.dumps(random_state)),
     )
-    ours = estimate_bandwidth(X, quantile=quantile, n_samples=n_samples, random_state=random_state)
-    assert ours == pytest.approx(theirs, rel=1e-10)
+    ours = estimate_bandwidth(X, quantile=quantile, n_samples=n_samples, random_state=random_state, device=device)
+    assert ours == pytest.approx(theirs, rel=tolerance(X.dtype)["rtol"])
 
 
-def test_estimate_bandwidth_dtype_and_tensor_input(blobs):
+def test_estimate_bandwidth_dtype_and_tensor_input(blobs, tolerance, device):
     X, _ = blobs
     expected = sklearn.cluster.estimate_bandwidth(X)
-    assert estimate_bandwidth(X.astype(np.float32)).dtype == np.float32
-    assert float(estimate_bandwidth(X.astype(np.float32))) == pytest.approx(expected, rel=1e-5)
-    assert float(estimate_bandwidth(torch.from_numpy(X))) == pytest.approx(expected, rel=1e-10)
-    assert float(estimate_bandwidth(X.tolist(), device="cpu")) == pytest.approx(expected, rel=1e-10)
+    narrow = estimate_bandwidth(X.astype(np.float32), device=device)
+    assert narrow.dtype == np.float32
+    assert float(narrow) == pytest.approx(expected, rel=tolerance(np.float32)["rtol"])
+    wide = tolerance(np.float64)["rtol"]
+    # device="auto" follows a tensor's device.
+    assert float(estimate_bandwidth(torch.from_numpy(X).to(device))) == pytest.approx(expected, rel=wide)
+    assert float(estimate_bandwidth(X.tolist(), device=device)) == pytest.approx(expected, rel=wide)
 
 
 # --------------------------------------------------------------- get_bin_seeds
@@ -239,11 +276,13 @@ def test_get_bin_seeds_matches_sklearn(blobs, bin_size, min_bin_freq, dtype):
     np.testing.assert_allclose(_sorted_rows(ours), _sorted_rows(theirs), rtol=1e-6)
 
 
-def test_get_bin_seeds_tensor_input_and_fallbacks(blobs):
+def test_get_bin_seeds_tensor_input_and_fallbacks(blobs, device):
     X = blobs[0]
-    seeds = get_bin_seeds(torch.from_numpy(X), 2.0)
-    assert isinstance(seeds, torch.Tensor)
-    np.testing.assert_allclose(_sorted_rows(seeds.numpy()), _sorted_rows(sklearn.cluster.get_bin_seeds(X, 2.0)), rtol=1e-6)
+    tensor = torch.from_numpy(X).to(device)
+    seeds = get_bin_seeds(tensor, 2.0)
+    assert isinstance(seeds, torch.Tensor) and seeds.device == tensor.device
+    expected = sklearn.cluster.get_bin_seeds(X, 2.0)
+    np.testing.assert_allclose(_sorted_rows(seeds.cpu().numpy()), _sorted_rows(expected), rtol=1e-6)
     assert get_bin_seeds(X, 0) is X  # bin_size 0: no binning, as sklearn
     with pytest.warns(UserWarning, match="Binning data failed with provided bin_size=0.000001"):
         same = get_bin_seeds(X, 1e-6)
@@ -251,46 +290,53 @@ def test_get_bin_seeds_tensor_input_and_fallbacks(blobs):
 
 
 # --------------------------------------------------------- input kinds, device
-def test_device_cpu_matches_auto(blobs):
+def test_explicit_device_matches_auto(blobs, device, assert_same_clustering, tolerance):
     X, _ = blobs
-    auto = MeanShift(bandwidth=2.0).fit(X)
-    for device in ("cpu", torch.device("cpu")):
-        cpu = MeanShift(bandwidth=2.0, device=device).fit(X)
-        np.testing.assert_array_equal(cpu.cluster_centers_, auto.cluster_centers_)
-        np.testing.assert_array_equal(cpu.labels_, auto.labels_)
+    auto = MeanShift(bandwidth=2.0).fit(X)  # "auto": CUDA when present, else the CPU
+    auto_device = "cuda" if torch.cuda.is_available() else "cpu"
+    for spelled in (device, torch.device(device)):
+        explicit = MeanShift(bandwidth=2.0, device=spelled).fit(X)
+        if device == auto_device:  # the same computation
+            np.testing.assert_array_equal(explicit.cluster_centers_, auto.cluster_centers_)
+            np.testing.assert_array_equal(explicit.labels_, auto.labels_)
+        else:  # CPU against the GPU: equal to the compute dtype's rounding
+            assert_same_clustering(explicit.cluster_centers_, explicit.labels_, auto.cluster_centers_,
+                                   auto.labels_, **tolerance(X.dtype, np.abs(X).max()))
+        assert explicit.n_iter_ == auto.n_iter_
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_tensor_input_returns_numpy(blobs, dtype):
+def test_tensor_input_returns_numpy(blobs, dtype, device):
     X, _ = blobs
-    tensor = torch.from_numpy(X).to(dtype)
-    model = MeanShift(bandwidth=2.0).fit(tensor)
-    reference = MeanShift(bandwidth=2.0).fit(tensor.numpy())
+    tensor = torch.from_numpy(X).to(device=device, dtype=dtype)
+    model = MeanShift(bandwidth=2.0).fit(tensor)  # "auto" follows the tensor
+    reference = MeanShift(bandwidth=2.0, device=device).fit(tensor.cpu().numpy())
     for attribute in ("cluster_centers_", "labels_", "cluster_sizes_"):
         assert isinstance(getattr(model, attribute), np.ndarray), attribute
         np.testing.assert_array_equal(getattr(model, attribute), getattr(reference, attribute))
-    assert model.cluster_centers_.dtype == tensor.numpy().dtype
+    assert model.cluster_centers_.dtype == tensor.cpu().numpy().dtype
     predicted = model.predict(tensor[:10])
     assert isinstance(predicted, np.ndarray)
     np.testing.assert_array_equal(predicted, reference.labels_[:10])
     assert model.n_features_in_ == 2 and not hasattr(model, "feature_names_in_")
 
 
-def test_list_and_integer_input(blobs):
+def test_list_and_integer_input(blobs, device):
     X = np.round(blobs[0]).astype(np.int64)
-    from_ints = MeanShift(bandwidth=2.0).fit(X)
-    from_list = MeanShift(bandwidth=2.0).fit(X.tolist())
-    from_float = MeanShift(bandwidth=2.0).fit(X.astype(np.float64))
+    from_ints = MeanShift(bandwidth=2.0, device=device).fit(X)
+    from_list = MeanShift(bandwidth=2.0, device=device).fit(X.tolist())
+    from_float = MeanShift(bandwidth=2.0, device=device).fit(X.astype(np.float64))
     assert from_ints.cluster_centers_.dtype == np.float64
     for model in (from_ints, from_list):
         np.testing.assert_array_equal(model.cluster_centers_, from_float.cluster_centers_)
         np.testing.assert_array_equal(model.labels_, from_float.labels_)
 
 
-def test_fitted_attributes(blobs):
+def test_fitted_attributes(blobs, tolerance, device):
     X, _ = blobs
-    model = MeanShift().fit(X)
-    assert model.bandwidth_ == pytest.approx(sklearn.cluster.estimate_bandwidth(X), rel=1e-10)
+    model = MeanShift(device=device).fit(X)
+    expected_bandwidth = sklearn.cluster.estimate_bandwidth(X)
+    assert model.bandwidth_ == pytest.approx(expected_bandwidth, rel=tolerance(X.dtype)["rtol"])
     assert model.labels_.shape == (len(X),) and model.labels_.dtype == np.int64
     np.testing.assert_array_equal(model.cluster_sizes_, np.bincount(model.labels_))
     assert model.cluster_sizes_.sum() == len(X)
@@ -299,20 +345,20 @@ def test_fitted_attributes(blobs):
     np.testing.assert_array_equal(model.predict(X), model.labels_)
 
 
-def test_verbose_reports_progress(blobs, capsys):
+def test_verbose_reports_progress(blobs, capsys, device):
     X, _ = blobs
-    MeanShift(bandwidth=2.0, verbose=True).fit(X)
+    MeanShift(bandwidth=2.0, verbose=True, device=device).fit(X)
     captured = capsys.readouterr()
     assert (captured.out + captured.err).strip(), "verbose=True printed nothing"
-    MeanShift(bandwidth=2.0).fit(X)
+    MeanShift(bandwidth=2.0, device=device).fit(X)
     captured = capsys.readouterr()
     assert not (captured.out + captured.err).strip(), "verbose=False printed something"
 
 
 # ------------------------------------------------------------ sklearn contract
-def test_clone_params_and_pickle(blobs):
+def test_clone_params_and_pickle(blobs, device):
     X, _ = blobs
-    model = MeanShift(bandwidth=2.0, kernel="gaussian", batch_size=16)
+    model = MeanShift(bandwidth=2.0, kernel="gaussian", batch_size=16, device=device)
     copy = clone(model)
     assert copy.get_params() == model.get_params() and copy is not model
     copy.set_params(bandwidth=3.0, kernel="epanechnikov")
@@ -323,9 +369,9 @@ def test_clone_params_and_pickle(blobs):
     np.testing.assert_array_equal(restored.predict(X), model.predict(X))
 
 
-def test_pipeline_and_grid_search(blobs, make_blob_data):
+def test_pipeline_and_grid_search(blobs, make_blob_data, device):
     X, _ = blobs
-    pipeline = make_pipeline(StandardScaler(), MeanShift(bandwidth=0.5))
+    pipeline = make_pipeline(StandardScaler(), MeanShift(bandwidth=0.5, device=device))
     labels = pipeline.fit_predict(X)
     np.testing.assert_array_equal(pipeline.predict(X), labels)
 
@@ -337,7 +383,7 @@ def test_pipeline_and_grid_search(blobs, make_blob_data):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         search = GridSearchCV(
-            MeanShift(), {"bandwidth": [0.3, 2.5, 50.0]}, scoring=n_clusters_near_truth, cv=2
+            MeanShift(device=device), {"bandwidth": [0.3, 2.5, 50.0]}, scoring=n_clusters_near_truth, cv=2
         ).fit(X)
     assert search.best_params_ == {"bandwidth": 2.5}
     assert len(search.best_estimator_.cluster_centers_) == 3

@@ -4,6 +4,10 @@ Covers each rule's definition (checked against an independent numpy / sklearn
 computation), equivariance under scaling, determinism, ``sample_weight``,
 per-feature dicts, error messages, and clustering quality on data with a
 known structure (adjusted Rand index against the generating labels).
+
+Rules and fits take the ``device`` argument (CPU, and CUDA where present);
+the internals checked directly (quantiles, the ladder's plateau) run on CPU
+tensors with the torch backend.
 """
 
 from __future__ import annotations
@@ -30,12 +34,16 @@ from meanshift_gpu._bandwidth_rules import (
 TORCH = resolve_backend("torch", torch.device("cpu"))
 
 
-def _rule(name, X, sample_weight=None, kernel="flat", quantile=0.3):
-    """What ``MeanShift(bandwidth=name).fit(X)`` stores in ``bandwidth_``, without the fit."""
+def _rule(name, X, sample_weight=None, kernel="flat", quantile=0.3, *, device):
+    """What ``MeanShift(bandwidth=name, device=device).fit(X)`` stores in ``bandwidth_``, without the fit."""
+    device = torch.device(device)
     weights = None
     if sample_weight is not None:
-        weights = torch.as_tensor(np.ascontiguousarray(sample_weight), dtype=torch.float64)
-    value = resolve_rule(name, torch.as_tensor(np.ascontiguousarray(X)), weights, kernel=kernel, backend=TORCH, quantile=quantile)
+        weights = torch.as_tensor(np.ascontiguousarray(sample_weight), dtype=torch.float64, device=device)
+    data = torch.as_tensor(np.ascontiguousarray(X), device=device)
+    # The estimator's choice of backend for the device ("auto").
+    backend = resolve_backend("auto", device)
+    value = resolve_rule(name, data, weights, kernel=kernel, backend=backend, quantile=quantile)
     return value.values() if isinstance(value, PointBandwidths) else value
 
 
@@ -58,7 +66,7 @@ def blobs():
 # ------------------------------------------------------------------ rules of thumb
 @pytest.mark.parametrize("rule", ["scott", "silverman"])
 @pytest.mark.parametrize("kernel", ["flat", "gaussian", "epanechnikov"])
-def test_rule_of_thumb_matches_formula(rule, kernel):
+def test_rule_of_thumb_matches_formula(rule, kernel, device):
     rng = np.random.default_rng(1)
     X = rng.standard_t(4, size=(257, 3)) * np.array([1.0, 10.0, 0.1])
     n, d = X.shape
@@ -70,16 +78,16 @@ def test_rule_of_thumb_matches_formula(rule, kernel):
     else:
         factor = (4 / ((d + 2) * n)) ** (1 / (d + 4))
     radius = {"flat": math.sqrt(d + 2), "epanechnikov": math.sqrt(d + 4), "gaussian": 1.0}[kernel]
-    np.testing.assert_allclose(_rule(rule, X, kernel=kernel), sigma * factor * radius, rtol=1e-10)
+    np.testing.assert_allclose(_rule(rule, X, kernel=kernel, device=device), sigma * factor * radius, rtol=1e-10)
     if kernel == "flat":  # the estimator stores what the rule gives
-        model = MeanShift(bandwidth=rule, bin_seeding=True).fit(X)
+        model = MeanShift(bandwidth=rule, bin_seeding=True, device=device).fit(X)
         np.testing.assert_allclose(model.bandwidth_, sigma * factor * radius, rtol=1e-10)
 
 
-def test_rule_of_thumb_constant_feature_gets_a_positive_bandwidth():
+def test_rule_of_thumb_constant_feature_gets_a_positive_bandwidth(device):
     rng = np.random.default_rng(2)
     X = np.column_stack([rng.normal(size=200), np.full(200, 3.0), rng.normal(size=200) * 4])
-    h = _rule("scott", X)
+    h = _rule("scott", X, device=device)
     assert np.all(np.isfinite(h)) and np.all(h > 0)
     # Its bandwidth is irrelevant to the clustering (all its differences are 0),
     # so it is filled with the mean spread of the others.
@@ -101,20 +109,20 @@ def test_weighted_quantiles_reduce_to_hazen():
 
 # ----------------------------------------------------------------------- knn
 @pytest.mark.parametrize("quantile", [0.1, 0.6])
-def test_knn_and_none_equal_sklearn_estimate(blobs, quantile):
+def test_knn_and_none_equal_sklearn_estimate(blobs, quantile, device):
     X, _ = blobs
     expected = sk_estimate_bandwidth(X, quantile=quantile)
-    assert _rule("knn", X, quantile=quantile) == pytest.approx(expected, rel=1e-9)
+    assert _rule("knn", X, quantile=quantile, device=device) == pytest.approx(expected, rel=1e-9)
     for rule in (None, "sklearn"):
-        got = MeanShift(bandwidth=rule, bandwidth_quantile=quantile, bin_seeding=True).fit(X).bandwidth_
+        got = MeanShift(bandwidth=rule, bandwidth_quantile=quantile, bin_seeding=True, device=device).fit(X).bandwidth_
         assert isinstance(got, float)
         assert got == pytest.approx(expected, rel=1e-9), rule
 
 
-def test_knn_subsamples_like_sklearn_n_samples():
+def test_knn_subsamples_like_sklearn_n_samples(device):
     X, _ = _grid_blobs(4, 300, gap=8.0, seed=5)  # 1,200 points: "knn" subsamples 1,000
     expected = sk_estimate_bandwidth(X, quantile=0.2, n_samples=1000, random_state=0)
-    got = _rule("knn", X, quantile=0.2)
+    got = _rule("knn", X, quantile=0.2, device=device)
     assert got == pytest.approx(expected, rel=1e-9)
     full = sk_estimate_bandwidth(X, quantile=0.2)
     assert got != pytest.approx(full, rel=1e-9)  # really a subsample, yet the same statistic
@@ -123,97 +131,97 @@ def test_knn_subsamples_like_sklearn_n_samples():
 
 # ------------------------------------------------------------- equivariance
 @pytest.mark.parametrize("rule", ["scott", "knn", "auto", "adaptive"])
-def test_rules_are_scale_equivariant(blobs, rule):
+def test_rules_are_scale_equivariant(blobs, rule, device):
     X, _ = blobs
     # A power of two scales every float exactly, so the rules must agree exactly
     # (up to the float32 of the path search).
-    base, scaled = np.asarray(_rule(rule, X)), np.asarray(_rule(rule, 4.0 * X))
+    base, scaled = np.asarray(_rule(rule, X, device=device)), np.asarray(_rule(rule, 4.0 * X, device=device))
     np.testing.assert_allclose(scaled, 4.0 * base, rtol=1e-6)
 
 
-def test_auto_fit_is_scale_and_translation_equivariant(blobs):
+def test_auto_fit_is_scale_and_translation_equivariant(blobs, device):
     X, _ = blobs
-    base = MeanShift(bandwidth="auto", bin_seeding=True).fit(X)
-    moved = MeanShift(bandwidth="auto", bin_seeding=True).fit(4.0 * X + 1000.0)
+    base = MeanShift(bandwidth="auto", bin_seeding=True, device=device).fit(X)
+    moved = MeanShift(bandwidth="auto", bin_seeding=True, device=device).fit(4.0 * X + 1000.0)
     assert moved.bandwidth_ == pytest.approx(4.0 * base.bandwidth_, rel=1e-4)
     assert adjusted_rand_score(base.labels_, moved.labels_) == 1.0
 
 
-def test_rule_of_thumb_is_per_feature():
+def test_rule_of_thumb_is_per_feature(device):
     rng = np.random.default_rng(4)
     X = rng.normal(size=(300, 3))
-    h = _rule("silverman", X)
-    h2 = _rule("silverman", X * np.array([1.0, 100.0, 0.01]))
+    h = _rule("silverman", X, device=device)
+    h2 = _rule("silverman", X * np.array([1.0, 100.0, 0.01]), device=device)
     np.testing.assert_allclose(h2, h * np.array([1.0, 100.0, 0.01]), rtol=1e-10)
 
 
-def test_auto_ignores_a_stretched_feature_when_given_per_feature_units():
+def test_auto_ignores_a_stretched_feature_when_given_per_feature_units(device):
     # Clusters separated in x only; y is noise in huge units.  Per-feature
     # scaling (a dict) makes the problem isotropic again.
     X, y = _grid_blobs(3, 80, gap=10.0, d=1, seed=6)
     rng = np.random.default_rng(6)
     X = np.column_stack([X[:, 0], rng.normal(size=len(X)) * 1000.0])
-    model = MeanShift(bandwidth={0: 3.0, 1: 3000.0}, bin_seeding=True).fit(X)
+    model = MeanShift(bandwidth={0: 3.0, 1: 3000.0}, bin_seeding=True, device=device).fit(X)
     np.testing.assert_array_equal(model.bandwidth_, [3.0, 3000.0])
     assert adjusted_rand_score(y, model.labels_) > 0.95
 
 
 # --------------------------------------------------------------- determinism
 @pytest.mark.parametrize("rule", ["auto", "adaptive", "knn", "silverman"])
-def test_rules_are_deterministic(blobs, rule):
+def test_rules_are_deterministic(blobs, rule, device):
     X, _ = blobs
-    np.testing.assert_array_equal(np.asarray(_rule(rule, X)), np.asarray(_rule(rule, X)))
+    np.testing.assert_array_equal(np.asarray(_rule(rule, X, device=device)), np.asarray(_rule(rule, X, device=device)))
 
 
-def test_auto_fit_is_deterministic(blobs):
+def test_auto_fit_is_deterministic(blobs, device):
     X, _ = blobs
-    a = MeanShift(bandwidth="auto", bin_seeding=True).fit(X)
-    b = MeanShift(bandwidth="auto", bin_seeding=True).fit(X)
+    a = MeanShift(bandwidth="auto", bin_seeding=True, device=device).fit(X)
+    b = MeanShift(bandwidth="auto", bin_seeding=True, device=device).fit(X)
     assert a.bandwidth_ == b.bandwidth_
     np.testing.assert_array_equal(a.labels_, b.labels_)
 
 
 # ------------------------------------------------------------- sample_weight
 @pytest.mark.parametrize("rule", ["scott", "silverman", "auto", "adaptive"])
-def test_unit_weights_equal_no_weights(blobs, rule):
+def test_unit_weights_equal_no_weights(blobs, rule, device):
     X, _ = blobs
-    a, b = _rule(rule, X), _rule(rule, X, sample_weight=np.ones(len(X)))
+    a, b = _rule(rule, X, device=device), _rule(rule, X, sample_weight=np.ones(len(X)), device=device)
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6)
 
 
 @pytest.mark.parametrize("rule", ["scott", "auto", "adaptive"])
-def test_zero_weight_points_do_not_change_the_bandwidth(blobs, rule):
+def test_zero_weight_points_do_not_change_the_bandwidth(blobs, rule, device):
     X, _ = blobs
     rng = np.random.default_rng(8)
     # Far-away junk with weight 0 would change every statistic if it counted.
     junk = rng.uniform(-200, 200, size=(60, X.shape[1]))
     both = np.vstack([X, junk])
     weights = np.r_[np.ones(len(X)), np.zeros(len(junk))]
-    clean = np.asarray(_rule(rule, X))
-    weighted = np.asarray(_rule(rule, both, sample_weight=weights))
+    clean = np.asarray(_rule(rule, X, device=device))
+    weighted = np.asarray(_rule(rule, both, sample_weight=weights, device=device))
     if rule == "adaptive":
         # Per point: the clean points keep their bandwidths, the junk gets its own.
         assert weighted.shape == (len(both),)
         weighted = weighted[: len(X)]
     np.testing.assert_allclose(weighted, clean, rtol=1e-6)
-    unweighted = np.asarray(_rule(rule, both))
+    unweighted = np.asarray(_rule(rule, both, device=device))
     assert not np.allclose(np.median(unweighted), np.median(clean), rtol=1e-3)
 
 
-def test_weights_shift_the_rule_of_thumb():
+def test_weights_shift_the_rule_of_thumb(device):
     rng = np.random.default_rng(9)
     X = np.r_[rng.normal(size=200), rng.normal(size=200) * 10][:, None]
     heavy_narrow = np.r_[np.full(200, 10.0), np.ones(200)]
-    h_plain = _rule("scott", X)
-    assert _rule("scott", X, sample_weight=heavy_narrow)[0] < 0.7 * h_plain[0]
-    assert _rule("scott", X, sample_weight=heavy_narrow[::-1])[0] > 1.5 * h_plain[0]
+    h_plain = _rule("scott", X, device=device)
+    assert _rule("scott", X, sample_weight=heavy_narrow, device=device)[0] < 0.7 * h_plain[0]
+    assert _rule("scott", X, sample_weight=heavy_narrow[::-1], device=device)[0] > 1.5 * h_plain[0]
 
 
-def test_sklearn_rules_ignore_weights(blobs):
+def test_sklearn_rules_ignore_weights(blobs, device):
     X, _ = blobs
     w = np.random.default_rng(3).uniform(0.1, 5, size=len(X))
-    a = MeanShift(bin_seeding=True).fit(X).bandwidth_
-    b = MeanShift(bin_seeding=True).fit(X, sample_weight=w).bandwidth_
+    a = MeanShift(bin_seeding=True, device=device).fit(X).bandwidth_
+    b = MeanShift(bin_seeding=True, device=device).fit(X, sample_weight=w).bandwidth_
     assert a == b
 
 
@@ -225,15 +233,15 @@ def test_feature_bandwidths_groups():
     np.testing.assert_array_equal(h, [7.0, 2.0, 2.0, 7.0])
 
 
-def test_dict_bandwidth_equals_array_and_prescaling():
+def test_dict_bandwidth_equals_array_and_prescaling(device):
     # "millimetres, Hounsfield units and a shape index" in one vector.
     X, y = _grid_blobs(3, 70, gap=10.0, d=3, seed=10)
     units = np.array([2.0, 2.0, 150.0])
     X = X * units
     groups = {(0, 1): 6.0, 2: 450.0}
-    by_dict = MeanShift(bandwidth=groups, bin_seeding=True).fit(X)
-    by_array = MeanShift(bandwidth=np.array([6.0, 6.0, 450.0]), bin_seeding=True).fit(X)
-    prescaled = MeanShift(bandwidth=1.0, bin_seeding=True).fit(X / np.array([6.0, 6.0, 450.0]))
+    by_dict = MeanShift(bandwidth=groups, bin_seeding=True, device=device).fit(X)
+    by_array = MeanShift(bandwidth=np.array([6.0, 6.0, 450.0]), bin_seeding=True, device=device).fit(X)
+    prescaled = MeanShift(bandwidth=1.0, bin_seeding=True, device=device).fit(X / np.array([6.0, 6.0, 450.0]))
     np.testing.assert_array_equal(by_dict.bandwidth_, [6.0, 6.0, 450.0])
     np.testing.assert_array_equal(by_dict.labels_, by_array.labels_)
     assert adjusted_rand_score(by_dict.labels_, prescaled.labels_) == 1.0
@@ -275,28 +283,28 @@ def test_feature_bandwidths_needs_a_dict():
         ({"bandwidth": "knn", "bandwidth_quantile": 1.5}, "bandwidth_quantile"),
     ],
 )
-def test_estimator_rejects_bad_bandwidths(params, match):
+def test_estimator_rejects_bad_bandwidths(params, match, device):
     X = np.random.default_rng(0).normal(size=(30, 2))
     with pytest.raises(ValueError, match=match):
-        MeanShift(**params).fit(X)
+        MeanShift(**params, device=device).fit(X)
 
 
-def test_unknown_rule_lists_the_rules():
+def test_unknown_rule_lists_the_rules(device):
     X = np.random.default_rng(0).normal(size=(30, 2))
     with pytest.raises(ValueError) as info:
-        MeanShift(bandwidth="scot").fit(X)
+        MeanShift(bandwidth="scot", device=device).fit(X)
     for name in ("scott", "silverman", "knn", "auto", "adaptive"):
         assert name in str(info.value)
 
 
 # ----------------------------------------------------------------- adaptive
-def test_adaptive_bandwidths_positive_finite_and_local():
+def test_adaptive_bandwidths_positive_finite_and_local(device):
     rng = np.random.default_rng(11)
     tight = rng.normal(size=(150, 2)) * 0.3
     wide = rng.normal(size=(150, 2)) * 3.0 + [30.0, 0.0]
     duplicates = np.zeros((40, 2)) + [0.1, 0.1]  # exact duplicates: k-th distance 0
     X = np.vstack([tight, wide, duplicates])
-    h = _rule("adaptive", X)
+    h = _rule("adaptive", X, device=device)
     assert h.shape == (len(X),)
     assert np.all(np.isfinite(h)) and np.all(h > 0)
     # Clipped to a factor 10 either side of the (lower) median.
@@ -305,13 +313,13 @@ def test_adaptive_bandwidths_positive_finite_and_local():
     assert np.median(h[150:300]) > 4 * np.median(h[:150])
 
 
-def test_adaptive_separates_clusters_of_very_different_spreads():
+def test_adaptive_separates_clusters_of_very_different_spreads(device):
     rng = np.random.default_rng(12)
     spreads = np.array([0.5, 1.0, 2.5])
     centers = np.array([[0.0, 0.0], [8.0, 0.0], [0.0, 20.0]])
     y = np.repeat(np.arange(3), 150)
     X = centers[y] + rng.normal(size=(450, 2)) * spreads[y, None]
-    model = MeanShift(bandwidth="adaptive", bin_seeding=True).fit(X)
+    model = MeanShift(bandwidth="adaptive", bin_seeding=True, device=device).fit(X)
     assert len(model.cluster_centers_) == 3
     assert adjusted_rand_score(y, model.labels_) > 0.95
 
@@ -340,9 +348,9 @@ def test_bandwidth_path_finds_the_true_count(blobs):
     assert np.all(np.diff(path.bandwidths) > 0)
 
 
-def test_auto_on_one_gaussian_is_one_cluster():
+def test_auto_on_one_gaussian_is_one_cluster(device):
     X = np.random.default_rng(13).normal(size=(400, 2))
-    assert len(MeanShift(bandwidth="auto", bin_seeding=True).fit(X).cluster_centers_) == 1
+    assert len(MeanShift(bandwidth="auto", bin_seeding=True, device=device).fit(X).cluster_centers_) == 1
 
 
 # ------------------------------------------------------------------ quality
@@ -359,11 +367,11 @@ def _quality_cases():
     return cases
 
 
-def test_auto_beats_the_sklearn_default():
+def test_auto_beats_the_sklearn_default(device):
     aris = {"auto": [], None: []}
     for name, (X, y) in _quality_cases().items():
         for rule in aris:
-            labels = MeanShift(bandwidth=rule, bin_seeding=True).fit(X).labels_
+            labels = MeanShift(bandwidth=rule, bin_seeding=True, device=device).fit(X).labels_
             aris[rule].append(adjusted_rand_score(y, labels))
     auto, default = np.array(aris["auto"]), np.array(aris[None])
     print("ARI auto", auto.round(3), "sklearn default", default.round(3))

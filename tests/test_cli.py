@@ -1,4 +1,8 @@
-"""The ``meanshift-gpu`` console command."""
+"""The ``meanshift-gpu`` console command.
+
+Commands that cluster pass ``--device`` from the ``device`` argument (CPU, and
+CUDA where present) and are compared with the estimator on that device.
+"""
 
 from __future__ import annotations
 
@@ -20,34 +24,35 @@ def blobs_file(tmp_path):
     return X, path
 
 
-def test_cluster_npy_writes_labels_centers_and_summary(blobs_file, tmp_path, capsys):
+def test_cluster_npy_writes_labels_centers_and_summary(blobs_file, tmp_path, capsys, device):
     X, path = blobs_file
     out = tmp_path / "out" / "labels.npy"
-    assert main(["cluster", str(path), "--bandwidth", "2.0", "--out", str(out)]) == 0
-    expected = MeanShift(bandwidth=2.0).fit(X)
+    assert main(["cluster", str(path), "--bandwidth", "2.0", "--out", str(out), "--device", device]) == 0
+    expected = MeanShift(bandwidth=2.0, device=device).fit(X)
     np.testing.assert_array_equal(np.load(out), expected.labels_)
     np.testing.assert_allclose(np.load(out.with_name("labels_centers.npy")), expected.cluster_centers_)
     summary = json.loads(out.with_name("labels_summary.json").read_text())
     assert summary["n_clusters"] == len(expected.cluster_centers_)
     assert summary["cluster_sizes"] == expected.cluster_sizes_.tolist()
+    assert summary["device"].startswith(device)
     printed = capsys.readouterr().out
     assert "clusters" in printed and "bandwidth" in printed and "device" in printed
 
 
-def test_cluster_csv_with_header_and_per_feature_bandwidth(tmp_path):
+def test_cluster_csv_with_header_and_per_feature_bandwidth(tmp_path, device):
     X, _ = make_blobs(200, centers=2, random_state=1)
     path = tmp_path / "points.csv"
     np.savetxt(path, X, delimiter=",", header="a,b", comments="")
-    assert main(["cluster", str(path), "--bandwidth", "2.0,3.0", "--kernel", "gaussian"]) == 0
+    assert main(["cluster", str(path), "--bandwidth", "2.0,3.0", "--kernel", "gaussian", "--device", device]) == 0
     labels = np.loadtxt(tmp_path / "points_labels.csv", skiprows=1)
-    expected = MeanShift(bandwidth=[2.0, 3.0], kernel="gaussian").fit(X)
+    expected = MeanShift(bandwidth=[2.0, 3.0], kernel="gaussian", device=device).fit(X)
     np.testing.assert_array_equal(labels, expected.labels_)
 
 
-def test_cluster_reports_bad_input(tmp_path, capsys):
+def test_cluster_reports_bad_input(tmp_path, capsys, device):
     path = tmp_path / "bad.npy"
     np.save(path, np.array([[0.0, np.nan], [1.0, 2.0]]))
-    assert main(["cluster", str(path), "--bandwidth", "1"]) == 2
+    assert main(["cluster", str(path), "--bandwidth", "1", "--device", device]) == 2
     assert "NaN" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["cluster", str(tmp_path / "missing.npy")])
@@ -55,10 +60,10 @@ def test_cluster_reports_bad_input(tmp_path, capsys):
         main(["cluster", str(path), "--bandwidth", "wide"])
 
 
-def test_demo_prints_table_and_saves_plot(tmp_path, capsys):
+def test_demo_prints_table_and_saves_plot(tmp_path, capsys, device):
     pytest.importorskip("matplotlib")
     out = tmp_path / "demo.png"
-    assert main(["demo", "--n-samples", "600", "--out", str(out)]) == 0
+    assert main(["demo", "--n-samples", "600", "--out", str(out), "--device", device]) == 0
     printed = capsys.readouterr().out
     assert "meanshift_gpu" in printed and "scikit-learn" in printed and "speed-up" in printed
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

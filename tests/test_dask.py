@@ -4,6 +4,9 @@ A ``distributed.LocalCluster`` with two worker processes (one thread each)
 runs every fit; results are compared with :class:`meanshift_gpu.MeanShift`
 on the same data by matched centers and renamed labels.  Worker-to-worker
 traffic is read from the workers' transfer logs.
+
+CPU only: the workers and the single-machine reference run with
+``device="cpu"`` (the workers of a GPU cluster would each take their GPU).
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def _straddling(n_side=300, n_middle=300, *, middle_seed=1, side_seed=0, dims=2)
 
 
 def _assert_like_single_machine(assert_same_clustering, X, model, **params):
-    ref = meanshift_gpu.MeanShift(**params).fit(X, sample_weight=model._test_weights)
+    ref = meanshift_gpu.MeanShift(**params, device="cpu").fit(X, sample_weight=model._test_weights)
     labels = model.labels_.compute() if hasattr(model.labels_, "compute") else model.labels_
     assert_same_clustering(ref.cluster_centers_, ref.labels_, model.cluster_centers_, labels, atol=1e-6, rtol=1e-6)
     assert model.n_iter_ == ref.n_iter_
@@ -69,7 +72,7 @@ def _order(ref, model):
 
 
 def _fit(client, X, sample_weight=None, **params):
-    model = DaskMeanShift(client=client, **params)
+    model = DaskMeanShift(client=client, **params, device="cpu")
     model.fit(X, sample_weight=sample_weight)
     model._test_weights = None if sample_weight is None else np.asarray(sample_weight)
     return model
@@ -148,7 +151,7 @@ def test_gaussian_close_to_single_machine(client, match_centers):
     """The Gaussian is cut at neighbor_options['truncate'] across borders: close, not equal."""
     X = _straddling(200, 200)
     model = _fit(client, X, bandwidth=2.0, kernel="gaussian")
-    ref = meanshift_gpu.MeanShift(bandwidth=2.0, kernel="gaussian").fit(X)
+    ref = meanshift_gpu.MeanShift(bandwidth=2.0, kernel="gaussian", device="cpu").fit(X)
     match = match_centers(ref.cluster_centers_, model.cluster_centers_)
     np.testing.assert_allclose(model.cluster_centers_[match], ref.cluster_centers_, atol=0.05 * 2.0)
     from sklearn.metrics import adjusted_rand_score
@@ -158,13 +161,13 @@ def test_gaussian_close_to_single_machine(client, match_centers):
 
 def test_bandwidth_estimated_on_a_sample(client):
     X = _straddling(600, 600)
-    full = meanshift_gpu.estimate_bandwidth(X, quantile=0.3)
+    full = meanshift_gpu.estimate_bandwidth(X, quantile=0.3, device="cpu")
     model = _fit(client, X, bandwidth=None, bandwidth_n_samples=500, bin_seeding=True)
     assert model.bandwidth_ != pytest.approx(float(full), rel=1e-9)  # it really sampled
     assert model.bandwidth_ == pytest.approx(float(full), rel=0.1)
     Xd = da.from_array(X, chunks=400)
     model_d = _fit(client, Xd, bandwidth="scott", bandwidth_n_samples=800, bin_seeding=True)
-    ref = meanshift_gpu.MeanShift(bandwidth="scott", bin_seeding=True).fit(X)
+    ref = meanshift_gpu.MeanShift(bandwidth="scott", bin_seeding=True, device="cpu").fit(X)
     np.testing.assert_allclose(model_d.bandwidth_, ref.bandwidth_, rtol=0.1)
 
 
@@ -231,7 +234,7 @@ def test_parameters_superset_of_single_machine():
 )
 def test_unsupported_options_raise(client, params, match):
     with pytest.raises(ValueError, match=match):
-        DaskMeanShift(client=client, **params).fit(_straddling(20, 20))
+        DaskMeanShift(client=client, **params, device="cpu").fit(_straddling(20, 20))
 
 
 def test_needs_a_client(monkeypatch):
@@ -240,14 +243,14 @@ def test_needs_a_client(monkeypatch):
 
     monkeypatch.setattr(distributed, "default_client", no_client)
     with pytest.raises(ValueError, match="client=Client"):
-        DaskMeanShift(bandwidth=1.0).fit(_straddling(20, 20))
+        DaskMeanShift(bandwidth=1.0, device="cpu").fit(_straddling(20, 20))
 
 
 def test_rejects_nan_in_dask_input(client):
     X = _straddling(20, 20)
     X[3, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        DaskMeanShift(client=client, bandwidth=1.0).fit(da.from_array(X, chunks=10))
+        DaskMeanShift(client=client, bandwidth=1.0, device="cpu").fit(da.from_array(X, chunks=10))
 
 
 # ---------------------------------------------------------------------------- failure
@@ -272,7 +275,7 @@ def test_worker_lost_mid_fit_gives_the_same_result(client, assert_same_clusterin
             time.sleep(0.05)
         killed.append(holder not in c.scheduler_info()["workers"])
 
-    model = DaskMeanShift(client=client, bandwidth=2.0)
+    model = DaskMeanShift(client=client, bandwidth=2.0, device="cpu")
     model._after_round = kill_after_first_round
     model.fit(X)
     model._test_weights = None

@@ -3,6 +3,10 @@
 These functions work in scaled coordinates (bandwidth 1).  Each is checked
 against a direct numpy transcription of scikit-learn's rule, or against the
 same engine call without the complication under test (tiling, OOM).
+
+Tests that take the ``device`` argument run the engine on tensors of that
+device (CPU, and CUDA where present) with the torch backend; the hash-grid
+merge and labels (numba) and the CPU tile sizes are CPU-only.
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ def _config(*, kernel="flat", tol=1e-3, max_iter=300, blocks=Blocks(256, 4096), 
     )
 
 
-def _t(a):
-    return torch.as_tensor(np.asarray(a, dtype=np.float64))
+def _t(a, *, device="cpu"):
+    return torch.as_tensor(np.asarray(a, dtype=np.float64), device=device)
 
 
 # ------------------------------------------------------------------ merge_modes
@@ -54,7 +58,7 @@ def _sklearn_merge(positions: np.ndarray, intensity: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("merge_block", [1, 3, 7, 4096])
-def test_merge_modes_matches_sklearns_rule(seed, merge_block):
+def test_merge_modes_matches_sklearns_rule(seed, merge_block, device):
     rng = np.random.default_rng(seed)
     d = int(rng.integers(1, 4))
     # Candidates scattered around a few modes, some exact duplicates, integer
@@ -65,8 +69,8 @@ def test_merge_modes_matches_sklearns_rule(seed, merge_block):
     intensity = rng.integers(1, 6, 80).astype(np.float64)
     intensity[rng.integers(0, 80, 6)] = -np.inf
     expected = _sklearn_merge(positions, intensity)
-    got = _engine.merge_modes(_t(positions), _t(intensity), merge_block=merge_block)
-    np.testing.assert_array_equal(got.numpy(), expected)
+    got = _engine.merge_modes(_t(positions, device=device), _t(intensity, device=device), merge_block=merge_block)
+    np.testing.assert_array_equal(got.cpu().numpy(), expected)
     assert 1 < len(expected) < 80  # the case exercises merging
 
 
@@ -86,9 +90,9 @@ def test_merge_on_the_hash_grid_equals_the_blockwise_merge(dtype, n_features):
     assert torch.equal(on_grid, blockwise)
     assert 10 < on_grid.shape[0] < 0.6 * positions.shape[0]  # the case exercises merging
     small = positions[:40]
-    expected = _sklearn_merge(small.double().numpy(), intensity[:40].double().numpy())
+    expected = _sklearn_merge(small.double().cpu().numpy(), intensity[:40].double().cpu().numpy())
     if dtype == torch.float64:
-        np.testing.assert_array_equal(_engine.merge_modes(small, intensity[:40], grid=True).numpy(), expected)
+        np.testing.assert_array_equal(_engine.merge_modes(small, intensity[:40], grid=True).cpu().numpy(), expected)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -110,62 +114,62 @@ def test_labels_from_the_center_grid_equal_the_dense_search(dtype, n_features):
     assert torch.equal(dist2, expected_dist2)
 
 
-def test_merge_modes_ties_go_to_the_larger_coordinates():
+def test_merge_modes_ties_go_to_the_larger_coordinates(device):
     # Equal intensity: scikit-learn keeps the lexicographically larger center.
-    got = _engine.merge_modes(_t([[0.0, 0.0], [0.5, 0.0], [0.5, -0.1]]), _t([3.0, 3.0, 3.0]))
-    np.testing.assert_array_equal(got.numpy(), [[0.5, 0.0]])
+    got = _engine.merge_modes(_t([[0.0, 0.0], [0.5, 0.0], [0.5, -0.1]], device=device), _t([3.0, 3.0, 3.0], device=device))
+    np.testing.assert_array_equal(got.cpu().numpy(), [[0.5, 0.0]])
 
 
-def test_merge_modes_denser_wins_and_order_is_by_intensity():
-    positions = _t([[0.0], [0.9], [5.0], [20.0]])
-    got = _engine.merge_modes(positions, _t([1.0, 2.0, 7.0, 4.0]))
-    np.testing.assert_array_equal(got.numpy(), [[5.0], [20.0], [0.9]])
+def test_merge_modes_denser_wins_and_order_is_by_intensity(device):
+    positions = _t([[0.0], [0.9], [5.0], [20.0]], device=device)
+    got = _engine.merge_modes(positions, _t([1.0, 2.0, 7.0, 4.0], device=device))
+    np.testing.assert_array_equal(got.cpu().numpy(), [[5.0], [20.0], [0.9]])
 
 
-def test_merge_modes_radius_is_inclusive():
-    assert _engine.merge_modes(_t([[0.0], [1.0]]), _t([2.0, 1.0])).shape[0] == 1
-    assert _engine.merge_modes(_t([[0.0], [1.0 + 1e-12]]), _t([2.0, 1.0])).shape[0] == 2
+def test_merge_modes_radius_is_inclusive(device):
+    assert _engine.merge_modes(_t([[0.0], [1.0]], device=device), _t([2.0, 1.0], device=device)).shape[0] == 1
+    assert _engine.merge_modes(_t([[0.0], [1.0 + 1e-12]], device=device), _t([2.0, 1.0], device=device)).shape[0] == 2
     # Distance exactly 1 in 2-D (a 3-4-5 triangle scaled by 1/5).
-    assert _engine.merge_modes(_t([[0.0, 0.0], [0.6, 0.8]]), _t([2.0, 1.0])).shape[0] == 1
+    assert _engine.merge_modes(_t([[0.0, 0.0], [0.6, 0.8]], device=device), _t([2.0, 1.0], device=device)).shape[0] == 1
 
 
-def test_merge_modes_duplicates_keep_their_best_intensity():
+def test_merge_modes_duplicates_keep_their_best_intensity(device):
     # [1] appears twice (intensities 1 and 9): it beats [0.5] (intensity 5).
-    got = _engine.merge_modes(_t([[1.0], [0.5], [1.0]]), _t([1.0, 5.0, 9.0]))
-    np.testing.assert_array_equal(got.numpy(), [[1.0]])
+    got = _engine.merge_modes(_t([[1.0], [0.5], [1.0]], device=device), _t([1.0, 5.0, 9.0], device=device))
+    np.testing.assert_array_equal(got.cpu().numpy(), [[1.0]])
 
 
-def test_merge_modes_drops_empty_windows():
-    got = _engine.merge_modes(_t([[0.0], [3.0]]), _t([-math.inf, 1.0]))
-    np.testing.assert_array_equal(got.numpy(), [[3.0]])
-    none = _engine.merge_modes(_t([[0.0], [3.0]]), _t([-math.inf, -math.inf]))
+def test_merge_modes_drops_empty_windows(device):
+    got = _engine.merge_modes(_t([[0.0], [3.0]], device=device), _t([-math.inf, 1.0], device=device))
+    np.testing.assert_array_equal(got.cpu().numpy(), [[3.0]])
+    none = _engine.merge_modes(_t([[0.0], [3.0]], device=device), _t([-math.inf, -math.inf], device=device))
     assert none.shape == (0, 1)
 
 
 # ---------------------------------------------------------------- assign_labels
 @pytest.mark.parametrize("blocks", [Blocks(256, 4096), Blocks(1, 64), Blocks(3, 100)])
 @pytest.mark.parametrize("n_features", [1, 2, 5])
-def test_assign_labels_is_the_nearest_center(blocks, n_features):
+def test_assign_labels_is_the_nearest_center(blocks, n_features, device):
     rng = np.random.default_rng(n_features)
     points = rng.uniform(-3, 3, size=(500, n_features))
     centers = rng.uniform(-3, 3, size=(7, n_features))
     dist = np.linalg.norm(points[:, None] - centers[None], axis=2)
-    got = _engine.assign_labels(_t(points), _t(centers), _config(blocks=blocks), True)
-    np.testing.assert_array_equal(got.numpy(), dist.argmin(1))
-    orphans = _engine.assign_labels(_t(points), _t(centers), _config(blocks=blocks), False)
-    np.testing.assert_array_equal(orphans.numpy(), np.where(dist.min(1) <= 1.0, dist.argmin(1), -1))
-    assert (orphans.numpy() == -1).any() and (orphans.numpy() >= 0).any()
+    got = _engine.assign_labels(_t(points, device=device), _t(centers, device=device), _config(blocks=blocks), True)
+    np.testing.assert_array_equal(got.cpu().numpy(), dist.argmin(1))
+    orphans = _engine.assign_labels(_t(points, device=device), _t(centers, device=device), _config(blocks=blocks), False)
+    np.testing.assert_array_equal(orphans.cpu().numpy(), np.where(dist.min(1) <= 1.0, dist.argmin(1), -1))
+    assert (orphans.cpu().numpy() == -1).any() and (orphans.cpu().numpy() >= 0).any()
 
 
-def test_assign_labels_ties_and_boundary():
-    points = _t([[0.0], [1.0], [2.0], [3.0], [-1.0]])
-    centers = _t([[0.0], [2.0]])
+def test_assign_labels_ties_and_boundary(device):
+    points = _t([[0.0], [1.0], [2.0], [3.0], [-1.0]], device=device)
+    centers = _t([[0.0], [2.0]], device=device)
     # 1.0 is equidistant: the lower index wins.
     labels = _engine.assign_labels(points, centers, _config(), True)
-    np.testing.assert_array_equal(labels.numpy(), [0, 0, 1, 1, 0])
+    np.testing.assert_array_equal(labels.cpu().numpy(), [0, 0, 1, 1, 0])
     # Exactly one bandwidth away is inside (sklearn's radius_neighbors is inclusive).
-    labels = _engine.assign_labels(_t([[3.0], [3.5], [-1.0]]), centers, _config(), False)
-    np.testing.assert_array_equal(labels.numpy(), [1, -1, 0])
+    labels = _engine.assign_labels(_t([[3.0], [3.5], [-1.0]], device=device), centers, _config(), False)
+    np.testing.assert_array_equal(labels.cpu().numpy(), [1, -1, 0])
 
 
 # -------------------------------------------------------- call_shrinking_on_oom
@@ -203,9 +207,9 @@ def _cpu_allocator_error(_message):
     [OOM, RuntimeError, _cpu_allocator_error],
     ids=["OutOfMemoryError", "RuntimeError-message", "cpu-allocator"],
 )
-def test_call_shrinking_on_oom_retries_with_smaller_tiles(error):
+def test_call_shrinking_on_oom_retries_with_smaller_tiles(error, device):
     rng = np.random.default_rng(0)
-    data = _t(rng.normal(size=(1000, 3)))
+    data = _t(rng.normal(size=(1000, 3)), device=device)
     seeds = data[:200]
     start = _config(blocks=Blocks(256, 1024))
     expected, unchanged = _engine.call_shrinking_on_oom(_step, start, seeds, data)
@@ -245,10 +249,10 @@ def test_call_shrinking_on_oom_reraises_other_errors_at_once():
     assert len(calls) == 1
 
 
-def test_ascent_and_labels_survive_oom_in_the_backend():
+def test_ascent_and_labels_survive_oom_in_the_backend(device):
     """A backend that runs out of memory on big tiles gives the no-OOM result."""
     rng = np.random.default_rng(1)
-    data = _t(np.concatenate([rng.normal(size=(150, 2)), rng.normal(size=(150, 2)) + 6]))
+    data = _t(np.concatenate([rng.normal(size=(150, 2)), rng.normal(size=(150, 2)) + 6]), device=device)
     plain = _config(blocks=Blocks(512, 8192))
     torch_backend = resolve_backend("torch", CPU)
     step = _OOMAbove(torch_backend.step, max_elements=128 * 256)
@@ -303,17 +307,17 @@ def _numpy_ascent(seeds, data, kernel, tol, max_iter):
     # rounding, which differs between any two implementations.
     + [("flat", 0.0, 300)],
 )
-def test_ascend_seeds_stopping_rule_matches_sklearns_loop(kernel, tol, max_iter):
+def test_ascend_seeds_stopping_rule_matches_sklearns_loop(kernel, tol, max_iter, device):
     rng = np.random.default_rng(7)
     data = np.concatenate([rng.normal(size=(60, 2)) * 0.6, rng.normal(size=(60, 2)) * 0.6 + 2.5])
     seeds = data[::4]
     if kernel != "gaussian":  # a seed whose window is empty (the Gaussian's never is)
         seeds = np.concatenate([seeds, [[30.0, 30.0]]])
     expected = _numpy_ascent(seeds, data, kernel, tol, max_iter)
-    got = _engine.ascend_seeds(_t(seeds), _t(data), None, _config(kernel=kernel, tol=tol, max_iter=max_iter))
-    np.testing.assert_array_equal(got.n_iter.numpy(), expected[2])
-    np.testing.assert_allclose(got.positions.numpy(), expected[0], rtol=0, atol=1e-9)
-    np.testing.assert_allclose(got.log_density.numpy(), expected[1], rtol=1e-12)
+    got = _engine.ascend_seeds(_t(seeds, device=device), _t(data, device=device), None, _config(kernel=kernel, tol=tol, max_iter=max_iter))
+    np.testing.assert_array_equal(got.n_iter.cpu().numpy(), expected[2])
+    np.testing.assert_allclose(got.positions.cpu().numpy(), expected[0], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(got.log_density.cpu().numpy(), expected[1], rtol=1e-12)
     if kernel != "gaussian":
         assert np.isneginf(got.log_density[-1].item()) and got.positions[-1].tolist() == [30.0, 30.0]
     if max_iter < 300:
@@ -322,19 +326,19 @@ def test_ascend_seeds_stopping_rule_matches_sklearns_loop(kernel, tol, max_iter)
         assert len(set(got.n_iter.tolist())) > 1  # seeds stop at different times
 
 
-def test_ascend_seeds_gaussian_far_seed_is_finite_and_climbs():
+def test_ascend_seeds_gaussian_far_seed_is_finite_and_climbs(device):
     # Every weight underflows in float64 (distance^2 / 2 ~ 1800): the stable
     # form still gives a finite log density and a step towards the data.
-    data = _t([[0.0, 0.0], [1.0, 0.0]])
-    got = _engine.ascend_seeds(_t([[60.0, 0.0]]), data, None, _config(kernel="gaussian", max_iter=0))
+    data = _t([[0.0, 0.0], [1.0, 0.0]], device=device)
+    got = _engine.ascend_seeds(_t([[60.0, 0.0]], device=device), data, None, _config(kernel="gaussian", max_iter=0))
     assert torch.isfinite(got.log_density).all() and torch.isfinite(got.positions).all()
     assert got.positions[0, 0].item() == pytest.approx(1.0)  # the nearer point dominates completely
 
 
-def test_ascend_seeds_counts_iterations_like_sklearn():
+def test_ascend_seeds_counts_iterations_like_sklearn(device):
     # Seed 0 with data {0, 0.5}: the first step moves it to 0.25 (one completed
     # iteration), the second moves it by 0 and stops -> n_iter 1.
-    data = _t([[0.0], [0.5], [5.0]])
+    data = _t([[0.0], [0.5], [5.0]], device=device)
     got = _engine.ascend_seeds(data[:1], data, None, _config())
     assert got.positions.item() == 0.25 and got.n_iter.item() == 1
     assert got.log_density.item() == pytest.approx(math.log(2))
@@ -343,7 +347,7 @@ def test_ascend_seeds_counts_iterations_like_sklearn():
     assert got.positions.item() == 0.25 and got.n_iter.item() == 0
 
 
-def test_ascend_seeds_steps_only_the_moving_seeds():
+def test_ascend_seeds_steps_only_the_moving_seeds(device):
     """Active-set compaction: converged seeds are not sent to the backend again."""
     sizes = []
     torch_backend = resolve_backend("torch", CPU)
@@ -356,25 +360,25 @@ def test_ascend_seeds_steps_only_the_moving_seeds():
     # Two seeds sit on a lone point (converge at once); one climbs a long ramp.
     ramp = np.arange(0, 8, 0.5)[:, None]
     data = np.concatenate([ramp, [[40.0], [60.0]]])
-    seeds = _t([[40.0], [60.0], [0.0]])
-    got = _engine.ascend_seeds(seeds, _t(data), None, config)
+    seeds = _t([[40.0], [60.0], [0.0]], device=device)
+    got = _engine.ascend_seeds(seeds, _t(data, device=device), None, config)
     assert sizes[0] == 3 and sizes[-1] == 1
     assert sizes == sorted(sizes, reverse=True)
     assert len(sizes) == got.n_iter.max().item() + 1
     assert got.n_iter.tolist()[:2] == [0, 0] and got.n_iter[2].item() >= 2
 
 
-def test_ascend_seeds_with_many_duplicate_seeds_matches_per_seed_loop():
+def test_ascend_seeds_with_many_duplicate_seeds_matches_per_seed_loop(device):
     # Thousands of seeds on few distinct positions (the flat kernel makes
     # seeds coincide): the result must equal the plain per-seed loop.
     rng = np.random.default_rng(3)
     data = rng.normal(size=(200, 2))
     seeds = np.repeat(data[:40], 80, axis=0)
     expected = _numpy_ascent(seeds[::80], data, "flat", 1e-3, 300)
-    got = _engine.ascend_seeds(_t(seeds), _t(data), None, _config())
-    np.testing.assert_allclose(got.positions.numpy()[::80], expected[0], rtol=0, atol=1e-12)
-    np.testing.assert_array_equal(got.n_iter.numpy(), np.repeat(expected[2], 80))
-    np.testing.assert_allclose(got.log_density.numpy(), np.repeat(expected[1], 80), rtol=1e-12)
+    got = _engine.ascend_seeds(_t(seeds, device=device), _t(data, device=device), None, _config())
+    np.testing.assert_allclose(got.positions.cpu().numpy()[::80], expected[0], rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(got.n_iter.cpu().numpy(), np.repeat(expected[2], 80))
+    np.testing.assert_allclose(got.log_density.cpu().numpy(), np.repeat(expected[1], 80), rtol=1e-12)
 
 
 def test_auto_blocks_follows_batch_size():

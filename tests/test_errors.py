@@ -1,7 +1,9 @@
 """Bad input is rejected with an error that says what is wrong (and how to fix it).
 
 Every test asserts on the exception type *and* on the message (``match=``),
-for numpy input and, where the code path differs, for torch tensors.
+for numpy input and, where the code path differs, for torch tensors.  Tests
+take the ``device`` argument: the same errors on the CPU and on CUDA (tensors
+are made on that device).
 """
 
 from __future__ import annotations
@@ -29,32 +31,32 @@ def _with_value(X, value):
     return bad
 
 
-def _as_tensor(a):
-    return torch.from_numpy(np.ascontiguousarray(a))
+def _as_tensor(a, device):
+    return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
 
 # --------------------------------------------------------------------------- X
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("kind", ["numpy", "tensor"])
-def test_non_finite_X_is_rejected(X, value, kind):
+def test_non_finite_X_is_rejected(X, value, kind, device):
     bad = _with_value(X, value)
-    bad = _as_tensor(bad) if kind == "tensor" else bad
+    bad = _as_tensor(bad, device) if kind == "tensor" else bad
     pattern = "NaN" if np.isnan(value) else "infinity"
     with pytest.raises(ValueError, match=pattern):
-        MeanShift(bandwidth=1.0).fit(bad)
+        MeanShift(bandwidth=1.0, device=device).fit(bad)
 
 
-def test_nan_tensor_message_says_how_to_fix(X):
+def test_nan_tensor_message_says_how_to_fix(X, device):
     with pytest.raises(ValueError, match="NaN or infinity; remove or impute"):
-        MeanShift(bandwidth=1.0).fit(_as_tensor(_with_value(X, np.nan)))
+        MeanShift(bandwidth=1.0, device=device).fit(_as_tensor(_with_value(X, np.nan), device))
 
 
 @pytest.mark.parametrize("kind", ["numpy", "tensor"])
-def test_non_finite_X_at_predict_is_rejected(X, kind):
-    model = MeanShift(bandwidth=1.0).fit(X)
+def test_non_finite_X_at_predict_is_rejected(X, kind, device):
+    model = MeanShift(bandwidth=1.0, device=device).fit(X)
     bad = _with_value(X, np.nan)
     with pytest.raises(ValueError, match="NaN"):
-        model.predict(_as_tensor(bad) if kind == "tensor" else bad)
+        model.predict(_as_tensor(bad, device) if kind == "tensor" else bad)
 
 
 @pytest.mark.parametrize(
@@ -68,70 +70,70 @@ def test_non_finite_X_at_predict_is_rejected(X, kind):
     ],
     ids=["numpy-no-rows", "tensor-no-rows", "empty-list", "numpy-no-columns", "tensor-no-columns"],
 )
-def test_empty_X_is_rejected(empty, pattern):
+def test_empty_X_is_rejected(empty, pattern, device):
     with pytest.raises(ValueError, match=pattern):
-        MeanShift(bandwidth=1.0).fit(empty)
+        MeanShift(bandwidth=1.0, device=device).fit(empty)
 
 
-def test_one_dimensional_X_says_how_to_reshape(X):
+def test_one_dimensional_X_says_how_to_reshape(X, device):
     with pytest.raises(ValueError, match=r"(?s)Expected 2D array, got 1D array.*reshape\(-1, 1\)"):
-        MeanShift(bandwidth=1.0).fit(X[:, 0])
+        MeanShift(bandwidth=1.0, device=device).fit(X[:, 0])
     with pytest.raises(ValueError, match=r"got shape \(30,\)\. Reshape with X\.reshape\(-1, 1\)"):
-        MeanShift(bandwidth=1.0).fit(_as_tensor(X[:, 0]))
+        MeanShift(bandwidth=1.0, device=device).fit(_as_tensor(X[:, 0], device))
 
 
-def test_three_dimensional_X_is_rejected(X):
+def test_three_dimensional_X_is_rejected(X, device):
     cube = X.reshape(5, 6, 2)
     with pytest.raises(ValueError, match="dim 3, while dim <= 2 is required"):
-        MeanShift(bandwidth=1.0).fit(cube)
+        MeanShift(bandwidth=1.0, device=device).fit(cube)
     with pytest.raises(ValueError, match=r"Expected a 2-D X of shape \(n_samples, n_features\), got shape \(5, 6, 2\)"):
-        MeanShift(bandwidth=1.0).fit(_as_tensor(cube))
+        MeanShift(bandwidth=1.0, device=device).fit(_as_tensor(cube, device))
 
 
-def test_ragged_list_names_the_row_lengths():
+def test_ragged_list_names_the_row_lengths(device):
     with pytest.raises(ValueError, match=r"ragged list: its rows have different lengths \[1, 2\]"):
-        MeanShift(bandwidth=1.0).fit([[0.0, 1.0], [2.0], [3.0, 4.0]])
+        MeanShift(bandwidth=1.0, device=device).fit([[0.0, 1.0], [2.0], [3.0, 4.0]])
 
 
-def test_complex_X_is_rejected(X):
+def test_complex_X_is_rejected(X, device):
     with pytest.raises(ValueError, match="Complex data not supported"):
-        MeanShift(bandwidth=1.0).fit(X + 1j)
+        MeanShift(bandwidth=1.0, device=device).fit(X + 1j)
     with pytest.raises(TypeError, match="complex .* needs real-valued data"):
-        MeanShift(bandwidth=1.0).fit(_as_tensor(X + 1j))
+        MeanShift(bandwidth=1.0, device=device).fit(_as_tensor(X + 1j, device))
 
 
-def test_object_X_of_strings_is_rejected():
+def test_object_X_of_strings_is_rejected(device):
     strings = np.array([["a", "b"], ["c", "d"]], dtype=object)
     with pytest.raises(ValueError, match="could not convert string to float"):
-        MeanShift(bandwidth=1.0).fit(strings)
+        MeanShift(bandwidth=1.0, device=device).fit(strings)
 
 
-def test_sparse_X_asks_for_dense_input(X):
+def test_sparse_X_asks_for_dense_input(X, device):
     with pytest.raises(TypeError, match="dense data is required"):
-        MeanShift(bandwidth=1.0).fit(sp.csr_matrix(X))
+        MeanShift(bandwidth=1.0, device=device).fit(sp.csr_matrix(X))
     with pytest.raises(TypeError, match=r"sparse tensor, but dense data is required; use X\.to_dense\(\)"):
-        MeanShift(bandwidth=1.0).fit(_as_tensor(X).to_sparse())
+        MeanShift(bandwidth=1.0, device=device).fit(_as_tensor(X, device).to_sparse())
 
 
 # --------------------------------------------------------------------- predict
-def test_predict_before_fit(X):
+def test_predict_before_fit(X, device):
     with pytest.raises(NotFittedError, match="not fitted yet. Call 'fit'"):
-        MeanShift(bandwidth=1.0).predict(X)
+        MeanShift(bandwidth=1.0, device=device).predict(X)
 
 
 @pytest.mark.parametrize("kind", ["numpy", "tensor"])
-def test_predict_with_other_feature_count(X, kind):
-    model = MeanShift(bandwidth=1.0).fit(X)
+def test_predict_with_other_feature_count(X, kind, device):
+    model = MeanShift(bandwidth=1.0, device=device).fit(X)
     wide = np.ones((4, 3))
     with pytest.raises(ValueError, match="X has 3 features, but MeanShift is expecting 2 features"):
-        model.predict(_as_tensor(wide) if kind == "tensor" else wide)
+        model.predict(_as_tensor(wide, device) if kind == "tensor" else wide)
 
 
 # ------------------------------------------------------------------- bandwidth
 @pytest.mark.parametrize("bandwidth", [0, 0.0, -1.0, np.nan, np.inf])
-def test_non_positive_or_non_finite_bandwidth(X, bandwidth):
+def test_non_positive_or_non_finite_bandwidth(X, bandwidth, device):
     with pytest.raises(ValueError, match=r"'bandwidth' parameter of MeanShift must be a float in the range \(0.0, inf\)"):
-        MeanShift(bandwidth=bandwidth).fit(X)
+        MeanShift(bandwidth=bandwidth, device=device).fit(X)
 
 
 @pytest.mark.parametrize(
@@ -145,25 +147,25 @@ def test_non_positive_or_non_finite_bandwidth(X, bandwidth):
         ([[1.0, 2.0]], "1-D array of one bandwidth per feature"),
     ],
 )
-def test_bad_per_feature_bandwidth(X, bandwidth, pattern):
+def test_bad_per_feature_bandwidth(X, bandwidth, pattern, device):
     with pytest.raises(ValueError, match=re.escape(pattern) if "(" in pattern else pattern):
-        MeanShift(bandwidth=bandwidth).fit(X)
+        MeanShift(bandwidth=bandwidth, device=device).fit(X)
 
 
-def test_per_feature_bandwidth_as_tensor_is_checked_too(X):
+def test_per_feature_bandwidth_as_tensor_is_checked_too(X, device):
     with pytest.raises(ValueError, match="bandwidth has 3 entries"):
-        MeanShift(bandwidth=torch.ones(3)).fit(X)
+        MeanShift(bandwidth=torch.ones(3), device=device).fit(X)
 
 
 @pytest.mark.parametrize("name", ["foo", "", "Scott"])
-def test_unknown_bandwidth_string_lists_the_choices(X, name):
+def test_unknown_bandwidth_string_lists_the_choices(X, name, device):
     with pytest.raises(ValueError, match=r"'bandwidth' parameter .* a str among .*'scott'.*Got '" + name):
-        MeanShift(bandwidth=name).fit(X)
+        MeanShift(bandwidth=name, device=device).fit(X)
 
 
-def test_boolean_bandwidth_is_rejected(X):
+def test_boolean_bandwidth_is_rejected(X, device):
     with pytest.raises(TypeError, match="bandwidth must be a positive float or an array, not a bool"):
-        MeanShift(bandwidth=True).fit(X)
+        MeanShift(bandwidth=True, device=device).fit(X)
 
 
 # ---------------------------------------------- kernel, algorithm, device, backend
@@ -180,22 +182,24 @@ def test_boolean_bandwidth_is_rejected(X):
         ({"device": 3}, r"'device' parameter of MeanShift must be an instance of 'str' or .*torch.device"),
     ],
 )
-def test_invalid_parameters(X, params, pattern):
+def test_invalid_parameters(X, params, pattern, device):
     with pytest.raises(ValueError, match=pattern):
-        MeanShift(bandwidth=1.0, **params).fit(X)
+        MeanShift(**{"bandwidth": 1.0, "device": device, **params}).fit(X)
 
 
-def test_unknown_backend_lists_the_backends(X):
+def test_unknown_backend_lists_the_backends(X, device):
     with pytest.raises(ValueError, match=r"unknown backend 'cuda'; expected 'auto' or one of \['torch'"):
-        MeanShift(bandwidth=1.0, backend="cuda").fit(X)
+        MeanShift(bandwidth=1.0, backend="cuda", device=device).fit(X)
 
 
-def test_unavailable_backend_says_why(X, monkeypatch):
+def test_unavailable_backend_says_why(X, monkeypatch, device):
     # Hide Triton rather than import it: importing it here (in whichever mode)
     # would fix its mode for the rest of the session and break the kernel tests.
     monkeypatch.setitem(sys.modules, "triton", None)
-    with pytest.raises(RuntimeError, match=r"backend='triton' cannot run on device cpu: Triton is not installed \(pip install"):
-        MeanShift(bandwidth=1.0, backend="triton").fit(X)
+    # The message names the device that was asked for.
+    pattern = rf"backend='triton' cannot run on device {device}: Triton is not installed \(pip install"
+    with pytest.raises(RuntimeError, match=pattern):
+        MeanShift(bandwidth=1.0, backend="triton", device=device).fit(X)
 
 
 @pytest.mark.parametrize(
@@ -211,10 +215,16 @@ def test_unknown_device(X, device, pattern):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-@pytest.mark.parametrize("device", ["cuda", "cuda:1", torch.device("cuda", 0)])
-def test_cuda_without_gpu_says_so(X, device):
+@pytest.mark.parametrize("cuda_device", ["cuda", "cuda:1", torch.device("cuda", 0)])
+def test_cuda_without_gpu_says_so(X, cuda_device):
     with pytest.raises(ValueError, match="no CUDA GPU is available .*use device='cpu' or 'auto'"):
-        MeanShift(bandwidth=1.0, device=device).fit(X)
+        MeanShift(bandwidth=1.0, device=cuda_device).fit(X)
+
+
+def test_missing_cuda_device_index_says_how_many_exist(X, requires_cuda):
+    missing = f"cuda:{torch.cuda.device_count()}"
+    with pytest.raises(ValueError, match=rf"device='{missing}' was requested but only \d+ CUDA device\(s\) exist"):
+        MeanShift(bandwidth=1.0, device=missing).fit(X)
 
 
 # ---------------------------------------------------------------- sample_weight
@@ -238,61 +248,61 @@ def test_cuda_without_gpu_says_so(X, device):
         "nan", "inf", "all-zero", "all-zero-tensor", "long-tensor", "strings",
     ],
 )
-def test_bad_sample_weight(X, make_weight, pattern):
+def test_bad_sample_weight(X, make_weight, pattern, device):
     with pytest.raises(ValueError, match=pattern):
-        MeanShift(bandwidth=1.0).fit(X, sample_weight=make_weight(X.shape[0]))
+        MeanShift(bandwidth=1.0, device=device).fit(X, sample_weight=make_weight(X.shape[0]))
 
 
 # ------------------------------------------------------------------------ seeds
 @pytest.mark.parametrize("kind", ["numpy", "tensor"])
-def test_seeds_with_wrong_width(X, kind):
+def test_seeds_with_wrong_width(X, kind, device):
     seeds = np.ones((3, 3))
-    seeds = _as_tensor(seeds) if kind == "tensor" else seeds
+    seeds = _as_tensor(seeds, device) if kind == "tensor" else seeds
     with pytest.raises(ValueError, match="seeds has 3 features, but X has 2; they must match"):
-        MeanShift(bandwidth=1.0, seeds=seeds).fit(X)
+        MeanShift(bandwidth=1.0, seeds=seeds, device=device).fit(X)
 
 
-def test_seeds_bad_shape_or_values(X):
+def test_seeds_bad_shape_or_values(X, device):
     with pytest.raises(ValueError, match=r"(?s)Expected 2D array, got 1D array.*reshape"):
-        MeanShift(bandwidth=1.0, seeds=np.ones(2)).fit(X)
+        MeanShift(bandwidth=1.0, seeds=np.ones(2), device=device).fit(X)
     with pytest.raises(ValueError, match="Input seeds contains NaN"):
-        MeanShift(bandwidth=1.0, seeds=np.full((2, 2), np.nan)).fit(X)
+        MeanShift(bandwidth=1.0, seeds=np.full((2, 2), np.nan), device=device).fit(X)
     with pytest.raises(ValueError, match=r"seeds is empty \(shape=\(0, 2\)\); pass at least one sample"):
-        MeanShift(bandwidth=1.0, seeds=np.empty((0, 2))).fit(X)
+        MeanShift(bandwidth=1.0, seeds=np.empty((0, 2)), device=device).fit(X)
 
 
-def test_seeds_far_from_all_points_say_no_point_within_bandwidth(X):
+def test_seeds_far_from_all_points_say_no_point_within_bandwidth(X, device):
     far = np.array([[100.0, 100.0]])
     with pytest.raises(ValueError, match="No point was within bandwidth=0.5 of any seed. Try a different seeding"):
-        MeanShift(bandwidth=0.5, seeds=far).fit(X)
+        MeanShift(bandwidth=0.5, seeds=far, device=device).fit(X)
 
 
-def test_blurring_rejects_seeds(X):
+def test_blurring_rejects_seeds(X, device):
     with pytest.raises(ValueError, match="algorithm='blurring' moves the data themselves, so seeds and bin_seeding do not apply"):
-        MeanShift(bandwidth=1.0, algorithm="blurring", seeds=X[:2]).fit(X)
+        MeanShift(bandwidth=1.0, algorithm="blurring", seeds=X[:2], device=device).fit(X)
     with pytest.raises(ValueError, match="use algorithm='standard' with them"):
-        MeanShift(bandwidth=1.0, algorithm="blurring", bin_seeding=True).fit(X)
+        MeanShift(bandwidth=1.0, algorithm="blurring", bin_seeding=True, device=device).fit(X)
 
 
 # ------------------------------------------------------------ functional API
-def test_mean_shift_function_validates_like_the_estimator(X):
+def test_mean_shift_function_validates_like_the_estimator(X, device):
     with pytest.raises(ValueError, match="'kernel' parameter of MeanShift"):
-        mean_shift(X, bandwidth=1.0, kernel="box")
+        mean_shift(X, bandwidth=1.0, kernel="box", device=device)
     with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
-        mean_shift(X, bandwidth=1.0, colour="red")
+        mean_shift(X, bandwidth=1.0, colour="red", device=device)
     with pytest.raises(ValueError, match="NaN"):
-        mean_shift(_with_value(X, np.nan), bandwidth=1.0)
+        mean_shift(_with_value(X, np.nan), bandwidth=1.0, device=device)
 
 
-def test_estimate_bandwidth_bad_input(X):
+def test_estimate_bandwidth_bad_input(X, device):
     with pytest.raises(ValueError, match=r"quantile must be a number in \[0, 1\], got 2"):
-        estimate_bandwidth(X, quantile=2)
+        estimate_bandwidth(X, quantile=2, device=device)
     with pytest.raises(ValueError, match="n_samples must be a positive integer or None, got 0"):
-        estimate_bandwidth(X, n_samples=0)
+        estimate_bandwidth(X, n_samples=0, device=device)
     with pytest.raises(ValueError, match="Input X contains NaN"):
-        estimate_bandwidth(_with_value(X, np.nan))
+        estimate_bandwidth(_with_value(X, np.nan), device=device)
     with pytest.raises(ValueError, match=r"X is empty \(shape=\(0, 2\)\)"):
-        estimate_bandwidth(np.empty((0, 2)))
+        estimate_bandwidth(np.empty((0, 2)), device=device)
 
 
 def test_get_bin_seeds_bad_input(X):

@@ -17,6 +17,10 @@ Settings deliberately not run through the checks, with the reason:
 - The bandwidth rules ("auto", "scott", "adaptive", ...) belong to their own
   test files; "auto" alone would take several seconds here.
 
+Each setting runs on every device of ``DEVICES`` (CPU, and CUDA where
+present; the device shows in the test id), so the contract is checked on the
+GPU too.  The last setting pins the CPU with tiny tiles.
+
 Checks skipped by scikit-learn itself (pandas not installed,
 ``SCIPY_ARRAY_API`` unset) are reported as skipped, not hidden.
 """
@@ -24,16 +28,19 @@ Checks skipped by scikit-learn itself (pandas not installed,
 from __future__ import annotations
 
 import pytest
+from conftest import DEVICES
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from meanshift_gpu import MeanShift
 
-ESTIMATORS = [
-    MeanShift(),
-    MeanShift(kernel="gaussian"),
-    MeanShift(kernel="epanechnikov", cluster_all=False),
-    MeanShift(algorithm="blurring"),
-    MeanShift(algorithm="blurring", kernel="gaussian"),
+SETTINGS = [
+    {},
+    {"kernel": "gaussian"},
+    {"kernel": "epanechnikov", "cluster_all": False},
+    {"algorithm": "blurring"},
+    {"algorithm": "blurring", "kernel": "gaussian"},
+]
+ESTIMATORS = [MeanShift(device=device, **settings) for device in DEVICES for settings in SETTINGS] + [
     # Tiny tiles, few iterations, explicit device and backend.
     MeanShift(device="cpu", backend="torch", batch_size=3, max_iter=5),
 ]

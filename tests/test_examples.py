@@ -7,6 +7,10 @@ match the truth, the segmentation agrees with scikit-learn), not just that it
 ran.  Full-size runs are marked ``slow``.
 
 The examples need matplotlib, pillow and scipy (the ``examples`` extra).
+
+Device: each example runs as a user runs it, on its own default
+(``device="auto"``: CUDA when present, else the CPU), so the checks are
+outcomes that hold on either (group counts, recall, ARI), never exact values.
 """
 
 from __future__ import annotations

@@ -1,4 +1,11 @@
-"""Row prefix sums (``meanshift_gpu._rowsum``): the exact flat step without testing most points."""
+"""Row prefix sums (``meanshift_gpu._rowsum``): the exact flat step without testing most points.
+
+The torch row sums run on every device (they are the GPU's exact 1-D/2-D flat
+step): the step's checks and the fits take the ``device`` argument (CPU, and
+CUDA where present).  Fits that test which step "auto" picks pass
+``backend="torch"``: with Triton on CUDA the grid runs the fused block-sparse
+kernel instead.  The precision limits and the size table run on the CPU.
+"""
 
 from __future__ import annotations
 
@@ -19,18 +26,19 @@ def _dense(seeds, data, weights=None):
 @pytest.mark.parametrize("n_features", [1, 2, 3])
 @pytest.mark.parametrize("cells", [1, 4, 8, 16])
 @pytest.mark.parametrize("weighting", ["none", "integer", "real"])
-def test_step_equals_dense_step(n_features, cells, weighting):
+def test_step_equals_dense_step(n_features, cells, weighting, device):
     gen = torch.Generator().manual_seed(10 * n_features + cells)
-    data = torch.randn(900, n_features, generator=gen, dtype=torch.float64) * 1.5
+    data = (torch.randn(900, n_features, generator=gen, dtype=torch.float64) * 1.5).to(device)
     weights = {
         "none": None,
         "integer": torch.randint(0, 4, (900,), generator=gen).to(torch.float64),
         "real": torch.rand(900, generator=gen, dtype=torch.float64),
     }[weighting]
+    weights = None if weights is None else weights.to(device)
     seeds = torch.cat([
         data[:200] + 0.1,
         data.amax(0, keepdim=True) + 3.0,  # empty window
-        torch.full((1, n_features), 1e6, dtype=torch.float64),  # far outside the grid
+        torch.full((1, n_features), 1e6, dtype=torch.float64, device=device),  # far outside the grid
     ])
     index = RowSumIndex(data, weights, cells)
     got = rowsum_step(seeds, index, max_pairs=997)  # odd size: many chunks
@@ -42,10 +50,10 @@ def test_step_equals_dense_step(n_features, cells, weighting):
 
 
 @pytest.mark.parametrize("n_features", [1, 2, 3])
-def test_points_exactly_on_the_edge_count_as_in_the_dense_step(n_features):
+def test_points_exactly_on_the_edge_count_as_in_the_dense_step(n_features, device):
     # A lattice of spacing 1/2 with seeds on lattice points: many points lie at
     # distance exactly 1 (and sqrt(0.5^2 + ...) combinations hitting 1).
-    axes = [torch.arange(-3.0, 3.01, 0.5, dtype=torch.float64)] * n_features
+    axes = [torch.arange(-3.0, 3.01, 0.5, dtype=torch.float64, device=device)] * n_features
     data = torch.cartesian_prod(*axes).reshape(-1, n_features)
     seeds = data[:: max(1, data.shape[0] // 150)]
     got = rowsum_step(seeds, RowSumIndex(data, None))
@@ -54,9 +62,9 @@ def test_points_exactly_on_the_edge_count_as_in_the_dense_step(n_features):
     torch.testing.assert_close(got.positions, want.positions, rtol=0, atol=1e-12)
 
 
-def test_float32_data_matches_the_float64_reference():
+def test_float32_data_matches_the_float64_reference(device):
     X, _ = make_blobs(3000, n_features=2, centers=4, random_state=3)
-    data = torch.as_tensor(X, dtype=torch.float32)
+    data = torch.as_tensor(X, dtype=torch.float32, device=device)
     seeds = data[::7]
     got = rowsum_step(seeds, RowSumIndex(data, None))
     want = _dense(seeds.double(), data.double())
@@ -66,10 +74,10 @@ def test_float32_data_matches_the_float64_reference():
     assert torch.equal(got.log_density.double().exp().round(), want.log_density.exp().round())
 
 
-def test_same_window_gives_bit_identical_means_whatever_the_chunks():
+def test_same_window_gives_bit_identical_means_whatever_the_chunks(device):
     gen = torch.Generator().manual_seed(5)
     data = torch.cat([torch.randn(400, 2, generator=gen, dtype=torch.float64) * 0.1 + 5.0,
-                      torch.randn(400, 2, generator=gen, dtype=torch.float64) * 0.1 - 5.0])
+                      torch.randn(400, 2, generator=gen, dtype=torch.float64) * 0.1 - 5.0]).to(device)
     # Every seed near a tight blob holds exactly that blob in its window.
     seeds = data[:400] + 0.05
     index = RowSumIndex(data, None)
@@ -79,10 +87,10 @@ def test_same_window_gives_bit_identical_means_whatever_the_chunks():
         assert torch.equal(rowsum_step(seeds, index, max_pairs=max_pairs).positions, one.positions)
 
 
-def test_far_apart_data_and_large_coordinates_stay_exact():
+def test_far_apart_data_and_large_coordinates_stay_exact(device):
     gen = torch.Generator().manual_seed(1)
     blobs = [torch.randn(200, 2, generator=gen, dtype=torch.float64) * 0.7 + c for c in (-5000.0, 0.0, 8000.0)]
-    data = torch.cat(blobs)
+    data = torch.cat(blobs).to(device)
     seeds = data[::5] + 0.2
     got = rowsum_step(seeds, RowSumIndex(data, None))
     want = _dense(seeds, data)
@@ -99,7 +107,7 @@ def test_index_rejects_unsupported_dimensions():
 
 
 # ------------------------------------------------------------------ in the estimator
-def test_grid_runs_row_sums_by_default_in_2d_and_agrees_with_the_batched_grid(monkeypatch, assert_same_clustering):
+def test_grid_runs_row_sums_by_default_in_2d_and_agrees_with_the_batched_grid(monkeypatch, assert_same_clustering, device):
     calls = []
     original = _rowsum.rowsum_step
 
@@ -110,27 +118,29 @@ def test_grid_runs_row_sums_by_default_in_2d_and_agrees_with_the_batched_grid(mo
     monkeypatch.setattr(_neighbors, "rowsum_step", counting)
     # ~1500 points per window: full enough for "auto" to pick the torch row sums.
     X, _ = make_blobs(6000, n_features=2, centers=3, cluster_std=0.5, random_state=0)
-    rows = MeanShift(bandwidth=1.2, neighbors="grid", neighbor_options={"compiled": False}).fit(X)
+    rows = MeanShift(bandwidth=1.2, neighbors="grid", neighbor_options={"compiled": False}, backend="torch",
+                     device=device).fit(X)
     assert calls, "the 2-D flat grid fit did not use row sums"
     n_calls = len(calls)
-    batched = MeanShift(bandwidth=1.2, neighbors="grid", neighbor_options={"row_sums": False}).fit(X)
+    batched = MeanShift(bandwidth=1.2, neighbors="grid", neighbor_options={"row_sums": False}, device=device).fit(X)
     assert len(calls) == n_calls
     assert_same_clustering(batched.cluster_centers_, batched.labels_, rows.cluster_centers_, rows.labels_,
                            atol=1e-10, rtol=1e-10)
     assert rows.n_iter_ == batched.n_iter_
 
 
-def test_auto_keeps_the_batched_grid_for_sparse_windows(monkeypatch):
+def test_auto_keeps_the_batched_grid_for_sparse_windows(monkeypatch, device):
     monkeypatch.setattr(_neighbors, "rowsum_step", lambda *a, **k: pytest.fail("row sums used"))
     X = np.random.RandomState(0).uniform(0, 60, size=(3000, 2))  # ~3 points per window
-    model = MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options={"compiled": False}).fit(X)
+    model = MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options={"compiled": False}, backend="torch",
+                      device=device).fit(X)
     assert model.neighbors_ == "grid"
 
 
-def test_row_sums_on_request_in_3d(assert_same_clustering):
+def test_row_sums_on_request_in_3d(assert_same_clustering, device):
     X, _ = make_blobs(800, n_features=3, centers=4, random_state=2)
-    rows = MeanShift(bandwidth=1.3, neighbors="grid", neighbor_options={"row_sums": True}).fit(X)
-    dense = MeanShift(bandwidth=1.3, neighbors="dense").fit(X)
+    rows = MeanShift(bandwidth=1.3, neighbors="grid", neighbor_options={"row_sums": True}, device=device).fit(X)
+    dense = MeanShift(bandwidth=1.3, neighbors="dense", device=device).fit(X)
     assert_same_clustering(dense.cluster_centers_, dense.labels_, rows.cluster_centers_, rows.labels_,
                            atol=1e-10, rtol=1e-10)
 
@@ -145,28 +155,28 @@ def test_row_sums_on_request_in_3d(assert_same_clustering):
         (dict(kernel="epanechnikov", neighbor_options={"row_sums": np.True_}), "needs kernel='flat'"),
     ],
 )
-def test_row_sums_option_errors(params, message):
+def test_row_sums_option_errors(params, message, device):
     X, _ = make_blobs(100, n_features=2, centers=2, random_state=0)
     with pytest.raises(ValueError, match=message):
-        MeanShift(bandwidth=1.0, neighbors="grid", **params).fit(X)
+        MeanShift(bandwidth=1.0, neighbors="grid", **params, device=device).fit(X)
 
 
-def test_row_sums_refuse_more_than_three_features():
+def test_row_sums_refuse_more_than_three_features(device):
     X, _ = make_blobs(100, n_features=4, centers=2, random_state=0)
     with pytest.raises(ValueError, match="at most 3 features"):
-        MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options={"row_sums": True}).fit(X)
+        MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options={"row_sums": True}, device=device).fit(X)
 
 
-def test_sample_weights_equal_repeated_rows_with_row_sums(assert_same_clustering):
+def test_sample_weights_equal_repeated_rows_with_row_sums(assert_same_clustering, device):
     rng = np.random.RandomState(4)
     X, _ = make_blobs(600, n_features=2, centers=3, random_state=4)
     w = rng.randint(0, 3, size=len(X))
-    weighted = MeanShift(bandwidth=1.0, neighbors="grid", bin_seeding=True).fit(X, sample_weight=w.astype(float))
-    repeated = MeanShift(bandwidth=1.0, neighbors="grid", bin_seeding=True).fit(np.repeat(X, w, axis=0))
+    weighted = MeanShift(bandwidth=1.0, neighbors="grid", bin_seeding=True, device=device).fit(X, sample_weight=w.astype(float))
+    repeated = MeanShift(bandwidth=1.0, neighbors="grid", bin_seeding=True, device=device).fit(np.repeat(X, w, axis=0))
     np.testing.assert_allclose(weighted.cluster_centers_, repeated.cluster_centers_, rtol=0, atol=1e-10)
 
 
-def test_out_of_memory_shrinks_the_row_sum_batches(monkeypatch, assert_same_clustering):
+def test_out_of_memory_shrinks_the_row_sum_batches(monkeypatch, assert_same_clustering, device):
     original = _rowsum.rowsum_step
     budgets = []
 
@@ -179,21 +189,21 @@ def test_out_of_memory_shrinks_the_row_sum_batches(monkeypatch, assert_same_clus
     monkeypatch.setattr(_neighbors, "rowsum_step", tight_memory)
     X, _ = make_blobs(3000, n_features=2, centers=3, cluster_std=0.5, random_state=1)
     torch_rows = {"row_sums": True, "compiled": False}
-    shrunk = MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options=torch_rows).fit(X)
+    shrunk = MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options=torch_rows, device=device).fit(X)
     assert budgets[0] > 100_000 and min(budgets) <= 100_000
     monkeypatch.setattr(_neighbors, "rowsum_step", original)
-    plain = MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options=torch_rows).fit(X)
+    plain = MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options=torch_rows, device=device).fit(X)
     assert_same_clustering(plain.cluster_centers_, plain.labels_, shrunk.cluster_centers_, shrunk.labels_,
                            atol=1e-12, rtol=0)
 
 
-def test_data_spanning_too_many_bandwidths_fall_back_to_the_batched_grid(monkeypatch):
+def test_data_spanning_too_many_bandwidths_fall_back_to_the_batched_grid(monkeypatch, device):
     rng = np.random.RandomState(0)
     X = np.vstack([rng.normal(0, 0.3, (300, 2)), rng.normal(0, 0.3, (300, 2)) + [4e14, 0]])
     with pytest.raises(OverflowError, match="row_sums': False"):
-        MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options={"row_sums": True}).fit(X)
+        MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options={"row_sums": True}, device=device).fit(X)
     monkeypatch.setattr(_neighbors, "_ROW_SUMS_MIN_WINDOW", 0)  # "auto" would want row sums
-    model = MeanShift(bandwidth=1.0, neighbors="grid").fit(X)
+    model = MeanShift(bandwidth=1.0, neighbors="grid", backend="torch", device=device).fit(X)
     assert len(model.cluster_centers_) == 2
 
 
@@ -264,19 +274,19 @@ def test_empty_data_gives_empty_windows():
     assert torch.isneginf(got.log_density).all() and torch.equal(got.positions, torch.ones(2, 2))
 
 
-def test_auto_falls_back_where_row_sums_would_lose_precision(monkeypatch, assert_same_clustering):
+def test_auto_falls_back_where_row_sums_would_lose_precision(monkeypatch, assert_same_clustering, device):
     monkeypatch.setattr(_neighbors, "_ROW_SUMS_MIN_WINDOW", 0)
     monkeypatch.setattr(_neighbors, "rowsum_step", lambda *a, **k: pytest.fail("row sums used"))
     X, _ = make_blobs(600, n_features=2, centers=3, random_state=0)
     w = np.random.RandomState(0).uniform(0.5, 1.5, len(X))
     w[::50] = 1e-12  # a weight range of 2**40
-    grid = MeanShift(bandwidth=1.0, neighbors="grid").fit(X, sample_weight=w)
-    dense = MeanShift(bandwidth=1.0, neighbors="dense").fit(X, sample_weight=w)
+    grid = MeanShift(bandwidth=1.0, neighbors="grid", backend="torch", device=device).fit(X, sample_weight=w)
+    dense = MeanShift(bandwidth=1.0, neighbors="dense", device=device).fit(X, sample_weight=w)
     assert_same_clustering(dense.cluster_centers_, dense.labels_, grid.cluster_centers_, grid.labels_,
                            atol=1e-10, rtol=1e-10)
 
 
-def test_float32_seeds_far_from_the_centre_still_honour_tol():
+def test_float32_seeds_far_from_the_centre_still_honour_tol(device):
     # At ~1e4 bandwidths a float32 unit in the last place is ~1e-3: moves of a
     # few of them are real and must not count as rounding noise.
     base = np.arange(0, 60, 0.002)
@@ -284,8 +294,8 @@ def test_float32_seeds_far_from_the_centre_still_honour_tol():
     X = np.concatenate([base + 10000, -(base + 10000)])[:, None].astype(np.float32)
     w = np.concatenate([weights, weights])
     seeds = np.array([[10030.0]], np.float32)
-    far = MeanShift(bandwidth=1.0, seeds=seeds, max_iter=5, neighbors="grid").fit(X, sample_weight=w)
-    near = MeanShift(bandwidth=1.0, seeds=seeds - 10000, max_iter=5, neighbors="grid").fit(
+    far = MeanShift(bandwidth=1.0, seeds=seeds, max_iter=5, neighbors="grid", device=device).fit(X, sample_weight=w)
+    near = MeanShift(bandwidth=1.0, seeds=seeds - 10000, max_iter=5, neighbors="grid", device=device).fit(
         (X[: len(base)] - 10000).astype(np.float32), sample_weight=weights)
     assert far.n_iter_ == near.n_iter_ == 5
 

@@ -1,4 +1,8 @@
-"""The compiled row sums (``meanshift_gpu._rowsum_compiled``, numba) against the torch row sums and dense."""
+"""The compiled row sums (``meanshift_gpu._rowsum_compiled``, numba) against the torch row sums and dense.
+
+CPU only: the compiled loop runs on CPU tensors ("auto" never takes it for
+data on a GPU), so every fit here passes ``device="cpu"``.
+"""
 
 import numpy as np
 import pytest
@@ -221,11 +225,11 @@ def test_auto_runs_the_compiled_row_sums_and_agrees_with_the_batched_grid(
 ):
     calls = _count_calls(monkeypatch)
     X, _ = make_blobs(700, n_features=n_features, centers=3, cluster_std=0.6, random_state=n_features)
-    compiled = MeanShift(bandwidth=1.0, neighbors="grid").fit(X)
+    compiled = MeanShift(bandwidth=1.0, neighbors="grid", device="cpu").fit(X)
     assert calls, "the flat grid fit did not use the compiled row sums"
     n_calls = len(calls)
-    batched = MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options={"row_sums": False}).fit(X)
-    in_torch = MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options={"compiled": False}).fit(X)
+    batched = MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options={"row_sums": False}, device="cpu").fit(X)
+    in_torch = MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options={"compiled": False}, device="cpu").fit(X)
     assert len(calls) == n_calls
     for other in (batched, in_torch):
         assert_same_clustering(other.cluster_centers_, other.labels_, compiled.cluster_centers_,
@@ -236,7 +240,7 @@ def test_auto_runs_the_compiled_row_sums_and_agrees_with_the_batched_grid(
 def test_sparse_3d_windows_take_the_compiled_row_sums(monkeypatch):
     calls = _count_calls(monkeypatch)
     X = np.random.RandomState(0).uniform(0, 30, size=(3000, 3))  # ~0.5 points per window
-    MeanShift(bandwidth=1.0, neighbors="grid").fit(X)
+    MeanShift(bandwidth=1.0, neighbors="grid", device="cpu").fit(X)
     assert calls
 
 
@@ -244,18 +248,18 @@ def test_without_numba_auto_falls_back_and_true_explains(monkeypatch, assert_sam
     monkeypatch.setattr(_neighbors, "compiled_unavailable", lambda: "numba is not importable (test)")
     monkeypatch.setattr(_neighbors, "compiled_rowsum_step", lambda *a, **k: pytest.fail("compiled step used"))
     X, _ = make_blobs(300, n_features=3, centers=3, random_state=0)
-    fallback = MeanShift(bandwidth=1.0, neighbors="grid").fit(X)
-    dense = MeanShift(bandwidth=1.0, neighbors="dense").fit(X)
+    fallback = MeanShift(bandwidth=1.0, neighbors="grid", device="cpu").fit(X)
+    dense = MeanShift(bandwidth=1.0, neighbors="dense", device="cpu").fit(X)
     assert_same_clustering(dense.cluster_centers_, dense.labels_, fallback.cluster_centers_, fallback.labels_,
                            atol=1e-10, rtol=1e-10)
     with pytest.raises(RuntimeError, match="numba is not importable"):
-        MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options={"compiled": True}).fit(X)
+        MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options={"compiled": True}, device="cpu").fit(X)
 
 
 def test_compiled_option_is_checked():
     X, _ = make_blobs(100, n_features=2, centers=2, random_state=0)
     with pytest.raises(ValueError, match="'compiled'.*'auto', True or False"):
-        MeanShift(bandwidth=1.0, neighbor_options={"compiled": "yes"}).fit(X)
+        MeanShift(bandwidth=1.0, neighbor_options={"compiled": "yes"}, device="cpu").fit(X)
 
 
 def test_size_table_with_the_compiled_row_sums():
@@ -279,7 +283,7 @@ def test_size_table_with_the_compiled_row_sums():
 
 def test_float32_fit_equals_float64_clusters(assert_same_clustering):
     X, _ = make_blobs(3000, n_features=3, centers=4, cluster_std=0.7, random_state=5)
-    wide = MeanShift(bandwidth=1.2, neighbors="grid").fit(X)
-    narrow = MeanShift(bandwidth=1.2, neighbors="grid").fit(X.astype(np.float32))
+    wide = MeanShift(bandwidth=1.2, neighbors="grid", device="cpu").fit(X)
+    narrow = MeanShift(bandwidth=1.2, neighbors="grid", device="cpu").fit(X.astype(np.float32))
     assert_same_clustering(wide.cluster_centers_, wide.labels_, narrow.cluster_centers_, narrow.labels_,
                            atol=1e-4, rtol=0)

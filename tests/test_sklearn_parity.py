@@ -10,6 +10,10 @@ The second part is scikit-learn's ``sklearn/cluster/tests/test_mean_shift.py``
 ``global_random_seed`` fixtures replaced by explicit parametrization.  The one
 documented difference: our ``get_bin_seeds`` keeps ``X``'s float dtype where
 scikit-learn returns float32.
+
+Every test takes the ``device`` argument: parity holds on the CPU and on CUDA,
+with center tolerances that follow the compute dtype (``tolerance`` in
+``conftest.py``): float64 input is computed in float64 on every device.
 """
 
 from __future__ import annotations
@@ -29,21 +33,27 @@ from meanshift_gpu import MeanShift, estimate_bandwidth, get_bin_seeds, mean_shi
 DTYPES = [np.float32, np.float64]
 
 
-def _center_tolerance(dtype) -> dict:
-    # Both libraries average the same points; only summation order differs.
-    return {"atol": 1e-4, "rtol": 1e-5} if dtype == np.float32 else {"atol": 1e-9, "rtol": 1e-9}
+@pytest.fixture
+def assert_parity(assert_same_clustering, tolerance, device):
+    """``assert_parity(X, *, allow_label_ties=False, **params)`` -> (sklearn's fit, ours on ``device``)."""
+
+    def check(X, *, allow_label_ties=False, **params):
+        return _assert_parity(X, assert_same_clustering, tolerance, device, allow_label_ties=allow_label_ties, **params)
+
+    return check
 
 
-def _assert_parity(X, assert_same_clustering, *, allow_label_ties=False, **params):
+def _assert_parity(X, assert_same_clustering, tolerance, device, *, allow_label_ties=False, **params):
     expected = sklearn.cluster.MeanShift(**params).fit(X)
-    got = MeanShift(**params).fit(X)
+    got = MeanShift(device=device, **params).fit(X)
+    # Both libraries average the same points; only summation order differs.
     assert_same_clustering(
         expected.cluster_centers_,
         expected.labels_,
         got.cluster_centers_,
         got.labels_,
         tie_points=X if allow_label_ties else None,
-        **_center_tolerance(X.dtype),
+        **tolerance(X.dtype, np.abs(X).max()),
     )
     assert got.n_iter_ == expected.n_iter_
     assert got.cluster_centers_.dtype == X.dtype
@@ -82,35 +92,35 @@ CASES = [("estimated", option) for option in ("default", "bin_seeding", "not_clu
 
 @pytest.mark.parametrize("bandwidth, option", CASES, ids=["-".join(case) for case in CASES])
 @pytest.mark.parametrize("n_features", sorted(BLOB_SETTINGS))
-def test_parity_on_blobs(n_features, bandwidth, option, make_blob_data, assert_same_clustering):
+def test_parity_on_blobs(n_features, bandwidth, option, make_blob_data, assert_parity):
     n_centers, spread, seed = BLOB_SETTINGS[n_features]
     X, _ = make_blob_data(250, n_features, n_centers, random_state=seed, cluster_std=spread)
     params = dict(OPTIONS[option])
     # "estimated" leaves bandwidth=None so that both libraries estimate it.
     if bandwidth == "small":
         params["bandwidth"] = float(sklearn.cluster.estimate_bandwidth(X, quantile=0.08))
-    _assert_parity(X, assert_same_clustering, **params)
+    assert_parity(X, **params)
 
 
 @pytest.mark.parametrize("n_features", [2, 5])
-def test_parity_float32(n_features, make_blob_data, assert_same_clustering):
+def test_parity_float32(n_features, make_blob_data, assert_parity):
     n_centers, spread, seed = BLOB_SETTINGS[n_features]
     X, _ = make_blob_data(300, n_features, n_centers, random_state=seed, cluster_std=spread, dtype=np.float32)
     bandwidth = float(sklearn.cluster.estimate_bandwidth(X, quantile=0.1))
-    _assert_parity(X, assert_same_clustering, bandwidth=bandwidth)
-    _assert_parity(X, assert_same_clustering, bandwidth=bandwidth, bin_seeding=True, cluster_all=False)
+    assert_parity(X, bandwidth=bandwidth)
+    assert_parity(X, bandwidth=bandwidth, bin_seeding=True, cluster_all=False)
 
 
 @pytest.mark.parametrize("n_features", [1, 3, 8])
 @pytest.mark.parametrize("cluster_all", [True, False])
-def test_parity_with_given_seeds(n_features, cluster_all, make_blob_data, assert_same_clustering):
+def test_parity_with_given_seeds(n_features, cluster_all, make_blob_data, assert_parity):
     n_centers, spread, seed = BLOB_SETTINGS[n_features]
     X, _ = make_blob_data(250, n_features, n_centers, random_state=seed, cluster_std=spread)
     rng = np.random.RandomState(seed)
     # Seeds both inside the data and in empty space (those must be dropped).
     seeds = np.vstack([X[rng.choice(len(X), 15, replace=False)], X.max(0) + 50.0])
     bandwidth = float(sklearn.cluster.estimate_bandwidth(X, quantile=0.1))
-    _assert_parity(X, assert_same_clustering, bandwidth=bandwidth, seeds=seeds, cluster_all=cluster_all)
+    assert_parity(X, bandwidth=bandwidth, seeds=seeds, cluster_all=cluster_all)
 
 
 def _integer_datasets():
@@ -122,13 +132,13 @@ def _integer_datasets():
         ).astype(np.float64)
 
 
-def _assert_parity_on_integer_data(bandwidth, assert_same_clustering, option_sets):
+def _assert_parity_on_integer_data(bandwidth, assert_parity, option_sets):
     # Integer coordinates put many points exactly on window boundaries
     # (distance == bandwidth), where sklearn's inclusive test must be matched
     # bit for bit: in the windows, the merge radius and the orphan test.
     for X in _integer_datasets():
         for options in option_sets:
-            _assert_parity(X, assert_same_clustering, bandwidth=bandwidth, allow_label_ties=True, **options)
+            assert_parity(X, bandwidth=bandwidth, allow_label_ties=True, **options)
 
 
 WITH_AND_WITHOUT_BINS = ({}, {"bin_seeding": True, "cluster_all": False})
@@ -141,8 +151,8 @@ WITH_AND_WITHOUT_BINS = ({}, {"bin_seeding": True, "cluster_all": False})
     strict=False,
 )
 @pytest.mark.parametrize("bandwidth", [1.0, 2.0])
-def test_parity_integer_data_power_of_two_bandwidth(bandwidth, assert_same_clustering):
-    _assert_parity_on_integer_data(bandwidth, assert_same_clustering, WITH_AND_WITHOUT_BINS)
+def test_parity_integer_data_power_of_two_bandwidth(bandwidth, assert_parity):
+    _assert_parity_on_integer_data(bandwidth, assert_parity, WITH_AND_WITHOUT_BINS)
 
 
 @pytest.mark.xfail(
@@ -152,16 +162,16 @@ def test_parity_integer_data_power_of_two_bandwidth(bandwidth, assert_same_clust
     strict=False,
 )
 @pytest.mark.parametrize("bandwidth", [1.5, 3.0])
-def test_parity_integer_data_other_bandwidth(bandwidth, assert_same_clustering):
-    _assert_parity_on_integer_data(bandwidth, assert_same_clustering, WITH_AND_WITHOUT_BINS)
+def test_parity_integer_data_other_bandwidth(bandwidth, assert_parity):
+    _assert_parity_on_integer_data(bandwidth, assert_parity, WITH_AND_WITHOUT_BINS)
 
 
 @pytest.mark.parametrize("bandwidth", [1.3, 2.7])
-def test_parity_integer_data_without_boundary_ties(bandwidth, assert_same_clustering):
+def test_parity_integer_data_without_boundary_ties(bandwidth, assert_parity):
     # Same integer data, bandwidths that no distance between integer points
     # equals: exact parity (centers matched, so tied intensities whose
     # coordinate tie-break flips by an ulp in scaled coordinates do not count).
-    _assert_parity_on_integer_data(bandwidth, assert_same_clustering, ({}, {"cluster_all": False}))
+    _assert_parity_on_integer_data(bandwidth, assert_parity, ({}, {"cluster_all": False}))
 
 
 @pytest.mark.xfail(
@@ -170,8 +180,8 @@ def test_parity_integer_data_without_boundary_ties(bandwidth, assert_same_cluste
     "seed then sits exactly one bandwidth from a point that sklearn's rounded seed misses",
     strict=False,
 )
-def test_parity_integer_data_bin_seeding_non_dyadic_bandwidth(assert_same_clustering):
-    _assert_parity_on_integer_data(2.7, assert_same_clustering, ({"bin_seeding": True},))
+def test_parity_integer_data_bin_seeding_non_dyadic_bandwidth(assert_parity):
+    _assert_parity_on_integer_data(2.7, assert_parity, ({"bin_seeding": True},))
 
 
 @pytest.mark.xfail(
@@ -180,17 +190,17 @@ def test_parity_integer_data_bin_seeding_non_dyadic_bandwidth(assert_same_cluste
     "boundary when the data extent is ~1000 bandwidths",
     strict=False,
 )
-def test_parity_float32_data_extent_much_larger_than_bandwidth(make_blob_data, assert_same_clustering):
+def test_parity_float32_data_extent_much_larger_than_bandwidth(make_blob_data, assert_parity):
     X, _ = make_blob_data(400, 8, 6, random_state=0, center_box=(-1000.0, 1000.0), dtype=np.float32)
-    _assert_parity(X, assert_same_clustering, bandwidth=2.0)
+    assert_parity(X, bandwidth=2.0)
 
 
 @pytest.mark.parametrize("n_features", [2, 6])
-def test_parity_tiny_dataset_estimated_bandwidth_is_zero(n_features, assert_same_clustering):
+def test_parity_tiny_dataset_estimated_bandwidth_is_zero(n_features, assert_parity, device):
     # With 6 points, k = int(6 * 0.3) = 1: the estimate is exactly 0 and every
     # point is its own cluster; rounding noise must not replace that 0.
     X = np.random.RandomState(n_features).rand(6, n_features) * 10 + 100
-    got = MeanShift().fit(X)
+    got = MeanShift(device=device).fit(X)
     assert got.bandwidth_ == 0
     assert len(got.cluster_centers_) == 6
     assert_array_equal(got.cluster_centers_[got.labels_], X)
@@ -202,36 +212,36 @@ def test_parity_tiny_dataset_estimated_bandwidth_is_zero(n_features, assert_same
     self_found = np.array([i in found for i, found in enumerate(
         sklearn.neighbors.NearestNeighbors(radius=0.0).fit(X).radius_neighbors(X, return_distance=False))])
     if self_found.all():
-        _assert_parity(X, assert_same_clustering)
+        assert_parity(X)
     else:
         expected = sklearn.cluster.MeanShift().fit(X)
         assert len(expected.cluster_centers_) == self_found.sum()
         assert_array_equal(np.sort(expected.cluster_centers_, 0), np.sort(X[self_found], 0))
 
 
-def test_parity_predict(make_blob_data, assert_same_clustering, match_centers):
+def test_parity_predict(make_blob_data, assert_parity, match_centers):
     X, _ = make_blob_data(300, 3, 5, random_state=3)
     X_new, _ = make_blob_data(100, 3, 5, random_state=33)
-    expected, got = _assert_parity(X, assert_same_clustering, bandwidth=2.0)
+    expected, got = assert_parity(X, bandwidth=2.0)
     match = match_centers(expected.cluster_centers_, got.cluster_centers_)
     # predict labels map through the same center matching as fit labels.
     assert_array_equal(match[expected.predict(X_new)], got.predict(X_new))
 
 
-def test_parity_mean_shift_function(make_blob_data, assert_same_clustering):
+def test_parity_mean_shift_function(make_blob_data, assert_same_clustering, tolerance, device):
     X, _ = make_blob_data(200, 2, 3, random_state=7)
     expected = sklearn.cluster.mean_shift(X, bandwidth=2.5, bin_seeding=True)
-    got = mean_shift(X, bandwidth=2.5, bin_seeding=True)
-    assert_same_clustering(*expected, *got, atol=1e-9, rtol=1e-9)
+    got = mean_shift(X, bandwidth=2.5, bin_seeding=True, device=device)
+    assert_same_clustering(*expected, *got, **tolerance(X.dtype, np.abs(X).max()))
 
 
 @pytest.mark.parametrize("n_samples", [None, 120])
 @pytest.mark.parametrize("quantile", [0.01, 0.3, 1.0])
-def test_parity_estimate_bandwidth(n_samples, quantile, make_blob_data):
+def test_parity_estimate_bandwidth(n_samples, quantile, make_blob_data, tolerance, device):
     X, _ = make_blob_data(300, 4, 3, random_state=4)
     expected = sklearn.cluster.estimate_bandwidth(X, quantile=quantile, n_samples=n_samples, random_state=5)
-    got = estimate_bandwidth(X, quantile=quantile, n_samples=n_samples, random_state=5)
-    assert got == pytest.approx(expected, rel=1e-12)
+    got = estimate_bandwidth(X, quantile=quantile, n_samples=n_samples, random_state=5, device=device)
+    assert got == pytest.approx(expected, rel=tolerance(X.dtype)["rtol"])
 
 
 # --------------------------------------------------------------------------
@@ -249,22 +259,22 @@ X, _ = make_blobs(
 )
 
 
-def test_convergence_of_1d_constant_data():
+def test_convergence_of_1d_constant_data(device):
     # Non-regression test for scikit-learn#28926.
-    model = MeanShift()
+    model = MeanShift(device=device)
     n_iter = model.fit(np.ones(10).reshape(-1, 1)).n_iter_
     assert n_iter < model.max_iter
 
 
-def test_estimate_bandwidth():
-    bandwidth = estimate_bandwidth(X, n_samples=200)
+def test_estimate_bandwidth(device):
+    bandwidth = estimate_bandwidth(X, n_samples=200, device=device)
     assert 0.9 <= bandwidth <= 1.5
 
 
 @pytest.mark.parametrize("global_dtype", DTYPES)
-def test_estimate_bandwidth_1sample(global_dtype):
+def test_estimate_bandwidth_1sample(global_dtype, device):
     # n_samples=1 and quantile<1: n_neighbors is set to 1.
-    bandwidth = estimate_bandwidth(X.astype(global_dtype, copy=False), n_samples=1, quantile=0.3)
+    bandwidth = estimate_bandwidth(X.astype(global_dtype, copy=False), n_samples=1, quantile=0.3, device=device)
     # sklearn compares with the float64 module-level X; we require the input dtype.
     assert bandwidth.dtype == global_dtype
     assert bandwidth == pytest.approx(0.0, abs=1e-5)
@@ -275,9 +285,9 @@ def test_estimate_bandwidth_1sample(global_dtype):
     "bandwidth, cluster_all, expected, first_cluster_label",
     [(1.2, True, 3, 0), (1.2, False, 4, -1)],
 )
-def test_mean_shift(global_dtype, bandwidth, cluster_all, expected, first_cluster_label):
+def test_mean_shift(global_dtype, bandwidth, cluster_all, expected, first_cluster_label, device):
     X_with_global_dtype = X.astype(global_dtype, copy=False)
-    ms = MeanShift(bandwidth=bandwidth, cluster_all=cluster_all)
+    ms = MeanShift(bandwidth=bandwidth, cluster_all=cluster_all, device=device)
     labels = ms.fit(X_with_global_dtype).labels_
     labels_unique = np.unique(labels)
     n_clusters_ = len(labels_unique)
@@ -285,7 +295,7 @@ def test_mean_shift(global_dtype, bandwidth, cluster_all, expected, first_cluste
     assert labels_unique[0] == first_cluster_label
     assert ms.cluster_centers_.dtype == global_dtype
 
-    cluster_centers, labels_mean_shift = mean_shift(X_with_global_dtype, cluster_all=cluster_all)
+    cluster_centers, labels_mean_shift = mean_shift(X_with_global_dtype, cluster_all=cluster_all, device=device)
     labels_mean_shift_unique = np.unique(labels_mean_shift)
     n_clusters_mean_shift = len(labels_mean_shift_unique)
     assert n_clusters_mean_shift == expected
@@ -295,7 +305,7 @@ def test_mean_shift(global_dtype, bandwidth, cluster_all, expected, first_cluste
 
 @pytest.mark.parametrize("global_dtype", DTYPES)
 @pytest.mark.parametrize("global_random_seed", [0, 1, 42])
-def test_parallel(global_dtype, global_random_seed):
+def test_parallel(global_dtype, global_random_seed, device):
     centers = np.array([[1, 1], [-1, -1], [1, -1]]) + 10
     X, _ = make_blobs(
         n_samples=50,
@@ -307,10 +317,10 @@ def test_parallel(global_dtype, global_random_seed):
     )
     X = X.astype(global_dtype, copy=False)
 
-    ms1 = MeanShift(n_jobs=2)
+    ms1 = MeanShift(n_jobs=2, device=device)
     ms1.fit(X)
 
-    ms2 = MeanShift()
+    ms2 = MeanShift(device=device)
     ms2.fit(X)
 
     assert_allclose(ms1.cluster_centers_, ms2.cluster_centers_)
@@ -319,17 +329,17 @@ def test_parallel(global_dtype, global_random_seed):
 
 
 @pytest.mark.parametrize("global_dtype", DTYPES)
-def test_meanshift_predict(global_dtype):
-    ms = MeanShift(bandwidth=1.2)
+def test_meanshift_predict(global_dtype, device):
+    ms = MeanShift(bandwidth=1.2, device=device)
     X_with_global_dtype = X.astype(global_dtype, copy=False)
     labels = ms.fit_predict(X_with_global_dtype)
     labels2 = ms.predict(X_with_global_dtype)
     assert_array_equal(labels, labels2)
 
 
-def test_meanshift_all_orphans():
+def test_meanshift_all_orphans(device):
     # Init away from the data: fail with a sensible message.
-    ms = MeanShift(bandwidth=0.1, seeds=[[-9, -9], [-10, -10]])
+    ms = MeanShift(bandwidth=0.1, seeds=[[-9, -9], [-10, -10]], device=device)
     msg = "No point was within bandwidth=0.1"
     with pytest.raises(ValueError, match=msg):
         ms.fit(X)
@@ -343,12 +353,12 @@ def test_unfitted():
 
 
 @pytest.mark.parametrize("global_dtype", DTYPES)
-def test_cluster_intensity_tie(global_dtype):
+def test_cluster_intensity_tie(global_dtype, device):
     X = np.array([[1, 1], [2, 1], [1, 0], [4, 7], [3, 5], [3, 6]], dtype=global_dtype)
-    c1 = MeanShift(bandwidth=2).fit(X)
+    c1 = MeanShift(bandwidth=2, device=device).fit(X)
 
     X = np.array([[4, 7], [3, 5], [3, 6], [1, 1], [2, 1], [1, 0]], dtype=global_dtype)
-    c2 = MeanShift(bandwidth=2).fit(X)
+    c2 = MeanShift(bandwidth=2, device=device).fit(X)
     # Raw label ids on purpose: sklearn fixes the order of tied clusters by
     # their coordinates, whatever the order of the data.
     assert_array_equal(c1.labels_, [1, 1, 1, 0, 0, 0])
@@ -403,9 +413,9 @@ def test_bin_seeds_warns_when_binning_fails():
 
 
 @pytest.mark.parametrize("max_iter", [1, 100])
-def test_max_iter(max_iter):
-    clusters1, _ = mean_shift(X, max_iter=max_iter)
-    ms = MeanShift(max_iter=max_iter).fit(X)
+def test_max_iter(max_iter, device):
+    clusters1, _ = mean_shift(X, max_iter=max_iter, device=device)
+    ms = MeanShift(max_iter=max_iter, device=device).fit(X)
     clusters2 = ms.cluster_centers_
 
     assert ms.n_iter_ <= ms.max_iter
@@ -416,20 +426,20 @@ def test_max_iter(max_iter):
 
 
 @pytest.mark.parametrize("global_dtype", DTYPES)
-def test_mean_shift_zero_bandwidth(global_dtype):
+def test_mean_shift_zero_bandwidth(global_dtype, device):
     # Mean shift must work when the estimated bandwidth is 0.
     X = np.array([1, 1, 1, 2, 2, 2, 3, 3], dtype=global_dtype).reshape(-1, 1)
 
     # estimate_bandwidth with default args returns 0 on this dataset.
-    bandwidth = estimate_bandwidth(X)
+    bandwidth = estimate_bandwidth(X, device=device)
     assert bandwidth == 0
 
     # get_bin_seeds with a 0 bin_size returns the dataset itself.
     assert get_bin_seeds(X, bin_size=bandwidth) is X
 
     # Binning with a 0 estimated bandwidth is equivalent to no binning.
-    ms_binning = MeanShift(bin_seeding=True, bandwidth=None).fit(X)
-    ms_nobinning = MeanShift(bin_seeding=False).fit(X)
+    ms_binning = MeanShift(bin_seeding=True, bandwidth=None, device=device).fit(X)
+    ms_nobinning = MeanShift(bin_seeding=False, device=device).fit(X)
     expected_labels = np.array([0, 0, 0, 1, 1, 1, 2, 2])
 
     assert v_measure_score(ms_binning.labels_, expected_labels) == pytest.approx(1)
@@ -438,9 +448,9 @@ def test_mean_shift_zero_bandwidth(global_dtype):
 
 
 @pytest.mark.parametrize("global_dtype", DTYPES)
-def test_mean_shift_zero_bandwidth_matches_sklearn(global_dtype, assert_same_clustering):
+def test_mean_shift_zero_bandwidth_matches_sklearn(global_dtype, assert_same_clustering, device):
     # Beyond the ported test: the zero-bandwidth clustering equals sklearn's.
     X = np.array([1, 1, 1, 2, 2, 2, 3, 3], dtype=global_dtype).reshape(-1, 1)
     expected = sklearn.cluster.MeanShift().fit(X)
-    got = MeanShift().fit(X)
+    got = MeanShift(device=device).fit(X)
     assert_same_clustering(expected.cluster_centers_, expected.labels_, got.cluster_centers_, got.labels_)

@@ -139,7 +139,7 @@ COLD_COMPILE_SLACK_S = 5.0
 NODULE_TARGET_S = 1.0
 # The precision MeanShift's kernels use (kernels.mean_shift_step's default): the targets apply to it.
 STEP_PRECISION = "fp32"
-STEP_TARGET_METHODS = ("triton fused", f"triton {STEP_PRECISION}")
+STEP_TARGET_METHODS = ("triton fused", "triton fused mma", f"triton {STEP_PRECISION}")
 
 
 def _now() -> str:
@@ -676,7 +676,7 @@ def parse_step_table(output: str) -> list[dict]:
     (0.576, 9.1)
     """
     rows = []
-    pattern = re.compile(r"^\s*(\d+)\s+(\d+)\s+(torch engine|lesson loop|triton \w+)\s+([\d.]+)"
+    pattern = re.compile(r"^\s*(\d+)\s+(\d+)\s+(torch engine|lesson loop|triton fused mma|triton \w+)\s+([\d.]+)"
                          r"\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)(.*)$")
     for line in output.splitlines():
         match = pattern.match(line)

@@ -3,8 +3,9 @@
 For N in {100k, 1M} points and d in {2, 8, 32, 128} features, every point is
 a seed (N x N kernel evaluations) and one step is timed for:
 
-- ``triton fused``: one step of the fit's fused ascent kernel
-  (:mod:`meanshift_gpu.kernels._ascent`, float32, up to 16 features);
+- ``triton fused`` / ``triton fused mma``: one step of the fit's fused
+  ascent kernel (:mod:`meanshift_gpu.kernels._ascent`, float32, up to 8
+  features), weighted sums by row reductions / on the tensor cores;
 - ``triton``: :func:`meanshift_gpu.kernels.mean_shift_step` (tiles from the
   committed table; the first, compiling call is reported separately), in
   each requested precision;
@@ -126,7 +127,7 @@ def triton_step(seeds, data, kernel, precision):
     return kernels.mean_shift_step(seeds, data, kernel=kernel, precision=precision).positions
 
 
-def fused_step(seeds, data_t, kernel):
+def fused_step(seeds, data_t, kernel, variant="reduce"):
     """One step of the fit's fused ascent kernel (every seed moving: ``tol=0``)."""
     from meanshift_gpu.kernels import _ascent
 
@@ -136,7 +137,7 @@ def fused_step(seeds, data_t, kernel):
     _ascent.ascent_steps(
         positions, zeros, zeros.clone(), torch.zeros(m, dtype=torch.long, device=seeds.device),
         torch.zeros(m, dtype=torch.int8, device=seeds.device), torch.arange(m, device=seeds.device),
-        data_t, None, kernel=kernel, tol=0.0, max_iter=2**31 - 1,
+        data_t, None, kernel=kernel, tol=0.0, max_iter=2**31 - 1, variant=variant,
     )
     return positions
 
@@ -205,17 +206,24 @@ def run(args) -> None:
                     lambda: lesson_loop_step(data, data, args.kernel, batch), device, args.repeat, args.budget
                 )
                 rows.append(("lesson loop", lesson_time, ""))
-            if not args.skip_fused and n_features <= 16:
+            if not args.skip_fused and n_features <= 8:
                 data_t = data.T.contiguous()
-                start = time.perf_counter()
-                fused_step(data, data_t, args.kernel)  # compiles on first use
-                synchronize(device)
-                first_s = time.perf_counter() - start
-                t, result = timed(lambda: fused_step(data, data_t, args.kernel), device, args.repeat, args.budget)
-                check = f"first call {first_s:.1f}s"
-                if engine_result is not None:
-                    check += f", max |diff| vs engine {float((result - engine_result).abs().max()):.1e}"
-                rows.append(("triton fused", t, check))
+                for variant in args.variants:
+                    name = "triton fused" if variant == "reduce" else f"triton fused {variant}"
+                    try:
+                        start = time.perf_counter()
+                        fused_step(data, data_t, args.kernel, variant)  # compiles on first use
+                        synchronize(device)
+                        first_s = time.perf_counter() - start
+                        t, result = timed(lambda: fused_step(data, data_t, args.kernel, variant), device,
+                                          args.repeat, args.budget)
+                    except Exception as exc:  # one variant failing must not hide the others' rows
+                        print(f"{name}: failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                        continue
+                    check = f"first call {first_s:.1f}s"
+                    if engine_result is not None:
+                        check += f", max |diff| vs engine {float((result - engine_result).abs().max()):.1e}"
+                    rows.append((name, t, check))
                 del data_t
             for precision in args.precisions:
                 start = time.perf_counter()
@@ -260,6 +268,8 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-lesson", action="store_true", help="do not time the lesson loop")
     parser.add_argument("--skip-engine", action="store_true", help="do not time the torch engine")
     parser.add_argument("--skip-fused", action="store_true", help="do not time the fused ascent kernel")
+    parser.add_argument("--variants", nargs="+", choices=["reduce", "mma"], default=["reduce", "mma"],
+                        help="fused ascent variants to time (default: both)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny CPU run under the Triton interpreter, to test this script")
     args = parser.parse_args(argv)

@@ -98,7 +98,14 @@ def _gpu_machine_line(result: dict, folder: Path) -> str:
         str(machine.get("date", "?")),
         f"{result.get('wall_s', 0):.0f} s wall",
     ]
-    return "- " + ", ".join(parts)
+    line = "- " + ", ".join(parts)
+    # Notes written into the results file after the run (which code ran, what changed since).
+    for key in ("code_measured",):
+        if machine.get(key):
+            line += f"; code measured: {machine[key]}"
+    if result.get("note_after_run"):
+        line += f". {result['note_after_run']}"
+    return line
 
 
 def gpu_section(folder: Path, result: dict) -> list[str]:

@@ -21,10 +21,12 @@ import time
 
 import torch
 
-CANDIDATES = [(32, 32, 4), (64, 32, 4), (64, 64, 4), (128, 32, 8), (64, 128, 8), (128, 64, 8)]
+# Spill-free on sm_90 for 2-8 features (static check, benchmarks/README.md), and 64 x 64.
+CANDIDATES = [(32, 32, 4), (64, 32, 4), (128, 32, 8), (64, 64, 4), (64, 64, 8)]
 
 
-def sweep(n: int, dims: list[int], kernels: list[str], budget_s: float) -> list[dict]:
+def sweep(n: int, dims: list[int], kernels: list[str], budget_s: float,
+          variants: tuple[str, ...] = ("reduce", "mma")) -> list[dict]:
     """Time each candidate tile; returns one record per (d, kernel, tile)."""
     import triton.testing
 
@@ -40,7 +42,7 @@ def sweep(n: int, dims: list[int], kernels: list[str], budget_s: float) -> list[
         data = (torch.randn(n, d, generator=gen) * 1.5).to(device)
         data_t = data.T.contiguous()
         order = torch.arange(n, device=device)
-        for kernel in kernels:
+        for kernel, variant in [(k, v) for k in kernels for v in variants]:
             for block_s, block_n, warps in CANDIDATES:
                 if time.perf_counter() - start > budget_s:
                     print(f"tile sweep: budget of {budget_s:.0f} s spent, stopping", flush=True)
@@ -58,17 +60,17 @@ def sweep(n: int, dims: list[int], kernels: list[str], budget_s: float) -> list[
                     state["positions"].copy_(data)
                     _ascent.ascent_steps(state["positions"], state["density"], state["logit_max"], state["n_iter"],
                                          state["done"], order, data_t, None, kernel=kernel, tol=0.0,
-                                         max_iter=10**9, tile=tile)
+                                         max_iter=10**9, tile=tile, variant=variant)
 
                 t0 = time.perf_counter()
                 one_step()
                 torch.cuda.synchronize()
                 compile_s = time.perf_counter() - t0
                 ms = triton.testing.do_bench(one_step, warmup=25, rep=100, return_mode="median")
-                record = dict(arch=arch, n=n, d=d, kernel=kernel, rows=block_s, cols=block_n, num_warps=warps,
+                record = dict(arch=arch, n=n, d=d, kernel=kernel, variant=variant, rows=block_s, cols=block_n, num_warps=warps,
                               ms=ms, pairs_per_s=n * n / (ms * 1e-3), first_call_s=compile_s)
                 rows.append(record)
-                print(f"{arch} d={d:<3} {kernel:<9} tile {block_s:>3}x{block_n:<3} w{warps}: "
+                print(f"{arch} d={d:<3} {kernel:<9} {variant:<6} tile {block_s:>3}x{block_n:<3} w{warps}: "
                       f"{ms:8.3f} ms  {record['pairs_per_s'] / 1e9:8.1f} G pairs/s  (first call {compile_s:.2f} s)",
                       flush=True)
     return rows
@@ -78,15 +80,15 @@ def best_rows(records: list[dict]) -> list[str]:
     """The fastest tile per (arch, d, kernel), as ``TILE_TABLE`` lines."""
     best: dict[tuple, dict] = {}
     for r in records:
-        key = (r["arch"], r["d"], r["kernel"])
+        key = (r["arch"], r["d"], r["kernel"], r["variant"])
         if key not in best or r["ms"] < best[key]["ms"]:
             best[key] = r
     from meanshift_gpu.kernels._tiles import feature_bucket
 
     return [
         f'("{a}", "ascent", {feature_bucket(d)}, "{k}"): Tile({r["rows"]}, {r["cols"]}, {r["num_warps"]}, 2),'
-        f"  # {r['ms']:.3f} ms at n={r['n']}"
-        for (a, d, k), r in sorted(best.items())
+        f"  # {v}: {r['ms']:.3f} ms at n={r['n']}"
+        for (a, d, k, v), r in sorted(best.items())
     ]
 
 

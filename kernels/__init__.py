@@ -353,4 +353,4 @@ def _ascent_module() -> ModuleType:
 
 def _ascent_max_features() -> int:
     """Most features the fused ascent kernel takes (it unrolls its per-feature loops)."""
-    return 16
+    return 8

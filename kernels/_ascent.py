@@ -39,6 +39,8 @@ end.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -53,8 +55,13 @@ _NEG_HALF_LOG2E = tl.constexpr(-0.5 * 1.4426950408889634)  # exp(-d2/2) = exp2(d
 # enough that tests with a few hundred points cross ragged tile edges.
 _INTERPRETER_TILE = Tile(32, 64)
 
-# Most features the per-feature loop unrolls; wider data take the host loop.
-MAX_FEATURES = 16
+# How the weighted sums are formed (see ascent_steps).  "reduce" is the one
+# measured in benchmarks/reference_gpu; "mma" awaits its measurement there.
+VARIANTS = ("reduce", "mma")
+DEFAULT_VARIANT = "reduce"
+
+# Most features the kernel unrolls (one vector per feature); wider data take the host loop.
+MAX_FEATURES = 8
 
 
 # The number of seeds listed changes as seeds stop; specialising on it (its
@@ -70,6 +77,7 @@ def _ascent_kernel(
     KERNEL: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
     RANGES: tl.constexpr, WIDEN: tl.constexpr, TRUNCATE: tl.constexpr,
     DTYPE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
+    MMA: tl.constexpr, MMA_WIDTH: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
     valid = rows < n_order
@@ -78,13 +86,42 @@ def _ascent_kernel(
     n_live = tl.sum(live.to(tl.int32), 0)
     cols = tl.arange(0, D_PAD)
     valid_cols = cols < N_FEATURES
-    q = tl.load(
-        pos_ptr + seed[:, None] * stride_pos + cols[None, :],
-        mask=live[:, None] & valid_cols[None, :],
-        other=0.0,
-    )
+    # Each feature of the seeds and of the weighted sums is its own column
+    # (BLOCK_S, 1), in the 2-D layout of the tiles, and the tiles' row sums
+    # keep that shape: the hot loop then converts no layouts (each conversion
+    # is a shared-memory round trip and a barrier, per feature and tile).
+    seed_col = seed[:, None]
+    live_col = live[:, None]
+    q0 = tl.load(pos_ptr + seed_col * stride_pos + 0, mask=live_col, other=0.0)
+    a0 = tl.zeros((BLOCK_S, 1), DTYPE)
+    if N_FEATURES > 1:
+        q1 = tl.load(pos_ptr + seed_col * stride_pos + 1, mask=live_col, other=0.0)
+        a1 = tl.zeros((BLOCK_S, 1), DTYPE)
+    if N_FEATURES > 2:
+        q2 = tl.load(pos_ptr + seed_col * stride_pos + 2, mask=live_col, other=0.0)
+        a2 = tl.zeros((BLOCK_S, 1), DTYPE)
+    if N_FEATURES > 3:
+        q3 = tl.load(pos_ptr + seed_col * stride_pos + 3, mask=live_col, other=0.0)
+        a3 = tl.zeros((BLOCK_S, 1), DTYPE)
+    if N_FEATURES > 4:
+        q4 = tl.load(pos_ptr + seed_col * stride_pos + 4, mask=live_col, other=0.0)
+        a4 = tl.zeros((BLOCK_S, 1), DTYPE)
+    if N_FEATURES > 5:
+        q5 = tl.load(pos_ptr + seed_col * stride_pos + 5, mask=live_col, other=0.0)
+        a5 = tl.zeros((BLOCK_S, 1), DTYPE)
+    if N_FEATURES > 6:
+        q6 = tl.load(pos_ptr + seed_col * stride_pos + 6, mask=live_col, other=0.0)
+        a6 = tl.zeros((BLOCK_S, 1), DTYPE)
+    if N_FEATURES > 7:
+        q7 = tl.load(pos_ptr + seed_col * stride_pos + 7, mask=live_col, other=0.0)
+        a7 = tl.zeros((BLOCK_S, 1), DTYPE)
 
     if RANGES:
+        q = tl.load(
+            pos_ptr + seed[:, None] * stride_pos + cols[None, :],
+            mask=live[:, None] & valid_cols[None, :],
+            other=0.0,
+        )
         extent = tl.load(cell_extent_ptr + cols, mask=valid_cols, other=1)
         grid_lo = tl.load(grid_lo_ptr + cols, mask=valid_cols, other=0.0)
         cell_stride = tl.load(cell_stride_ptr + cols, mask=valid_cols, other=0)
@@ -126,9 +163,13 @@ def _ascent_kernel(
     else:
         n_runs = tl.where(n_live > 0, 1, 0)
 
-    acc = tl.zeros((BLOCK_S, D_PAD), DTYPE)
-    l_i = tl.zeros((BLOCK_S,), DTYPE)
-    m_i = tl.full((BLOCK_S,), float("-inf"), DTYPE)
+    l_i = tl.zeros((BLOCK_S, 1), DTYPE)
+    m_i = tl.full((BLOCK_S, 1), float("-inf"), DTYPE)
+    if MMA:
+        # Weighted sums on the tensor cores: p @ [x, 1] with 3-pass tf32
+        # (float32-level accuracy); the last used column sums the weights.
+        x_cols = tl.arange(0, MMA_WIDTH)[None, :]
+        acc = tl.zeros((BLOCK_S, MMA_WIDTH), tl.float32)
     for r in range(0, n_runs):
         if RANGES:
             is_row_axis = cols < N_FEATURES - 1
@@ -153,31 +194,63 @@ def _ascent_kernel(
             start = 0
             end = n_points
         for n0 in range(start, end, BLOCK_N):
-            offs_n = n0 + tl.arange(0, BLOCK_N)
+            offs_n = n0 + tl.arange(0, BLOCK_N)[None, :]
             valid_n = offs_n < end
-            d2 = tl.zeros((BLOCK_S, BLOCK_N), DTYPE)
-            for j in tl.static_range(N_FEATURES):
-                q_j = tl.load(pos_ptr + seed * stride_pos + j, mask=live, other=0.0)
-                x_j = tl.load(data_t_ptr + j * stride_data + offs_n, mask=valid_n, other=0.0)
-                diff = q_j[:, None] - x_j[None, :]
-                d2 += diff * diff
-            inside = valid_n[None, :]
+            x0 = tl.load(data_t_ptr + offs_n, mask=valid_n, other=0.0)
+            d2 = _squared_gap(q0, x0)
+            if N_FEATURES > 1:
+                x1 = tl.load(data_t_ptr + 1 * stride_data + offs_n, mask=valid_n, other=0.0)
+                d2 += _squared_gap(q1, x1)
+            if N_FEATURES > 2:
+                x2 = tl.load(data_t_ptr + 2 * stride_data + offs_n, mask=valid_n, other=0.0)
+                d2 += _squared_gap(q2, x2)
+            if N_FEATURES > 3:
+                x3 = tl.load(data_t_ptr + 3 * stride_data + offs_n, mask=valid_n, other=0.0)
+                d2 += _squared_gap(q3, x3)
+            if N_FEATURES > 4:
+                x4 = tl.load(data_t_ptr + 4 * stride_data + offs_n, mask=valid_n, other=0.0)
+                d2 += _squared_gap(q4, x4)
+            if N_FEATURES > 5:
+                x5 = tl.load(data_t_ptr + 5 * stride_data + offs_n, mask=valid_n, other=0.0)
+                d2 += _squared_gap(q5, x5)
+            if N_FEATURES > 6:
+                x6 = tl.load(data_t_ptr + 6 * stride_data + offs_n, mask=valid_n, other=0.0)
+                d2 += _squared_gap(q6, x6)
+            if N_FEATURES > 7:
+                x7 = tl.load(data_t_ptr + 7 * stride_data + offs_n, mask=valid_n, other=0.0)
+                d2 += _squared_gap(q7, x7)
+            inside = valid_n
             if TRUNCATE:
                 inside = inside & (d2 <= reach2)
             if KERNEL == "gaussian":
                 logit = d2 * _NEG_HALF_LOG2E
                 if HAS_WEIGHTS:
                     w_n = tl.load(weights_ptr + offs_n, mask=valid_n, other=0.0)
-                    logit = logit + w_n[None, :]  # log2 of the sample weights
+                    logit = logit + w_n  # log2 of the sample weights
                 logit = tl.where(inside, logit, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(logit, 1))
+                m_new = tl.maximum(m_i, tl.max(logit, 1, keep_dims=True))
                 # Rows with only -inf logits so far shift by 0 (exp2 gives 0, not NaN).
                 shift = tl.where(m_new == float("-inf"), 0.0, m_new)
                 alpha = tl.exp2(m_i - shift)
-                p = tl.exp2(logit - shift[:, None])
-                l_i = l_i * alpha + tl.sum(p, 1)
-                acc = acc * alpha[:, None]
+                p = tl.exp2(logit - shift)
                 m_i = m_new
+                if not MMA:
+                    l_i = l_i * alpha + tl.sum(p, 1, keep_dims=True)
+                    a0 = a0 * alpha
+                    if N_FEATURES > 1:
+                        a1 = a1 * alpha
+                    if N_FEATURES > 2:
+                        a2 = a2 * alpha
+                    if N_FEATURES > 3:
+                        a3 = a3 * alpha
+                    if N_FEATURES > 4:
+                        a4 = a4 * alpha
+                    if N_FEATURES > 5:
+                        a5 = a5 * alpha
+                    if N_FEATURES > 6:
+                        a6 = a6 * alpha
+                    if N_FEATURES > 7:
+                        a7 = a7 * alpha
             else:
                 if KERNEL == "flat":
                     p = tl.where(d2 <= 1.0, 1.0, 0.0).to(DTYPE)
@@ -185,29 +258,115 @@ def _ascent_kernel(
                     p = tl.maximum(1.0 - d2, 0.0)
                 if HAS_WEIGHTS:
                     w_n = tl.load(weights_ptr + offs_n, mask=valid_n, other=0.0)
-                    p = p * w_n[None, :]
+                    p = p * w_n
                 p = tl.where(inside, p, 0.0)
-                l_i += tl.sum(p, 1)
-            for j in tl.static_range(N_FEATURES):
-                x_j = tl.load(data_t_ptr + j * stride_data + offs_n, mask=valid_n, other=0.0)
-                acc += tl.where(cols[None, :] == j, tl.sum(p * x_j[None, :], 1)[:, None], 0.0)
+                if not MMA:
+                    l_i += tl.sum(p, 1, keep_dims=True)
+            if MMA:
+                offs_col = n0 + tl.arange(0, BLOCK_N)[:, None]
+                valid_col = offs_col < end
+                x_ext = tl.load(data_t_ptr + x_cols * stride_data + offs_col,
+                                mask=valid_col & (x_cols < N_FEATURES), other=0.0)
+                x_ext = tl.where(valid_col & (x_cols == N_FEATURES), 1.0, x_ext)
+                if KERNEL == "gaussian":
+                    acc = acc * alpha
+                acc = tl.dot(p, x_ext, acc, input_precision="tf32x3")
+            else:
+                a0 += tl.sum(p * x0, 1, keep_dims=True)
+                if N_FEATURES > 1:
+                    a1 += tl.sum(p * x1, 1, keep_dims=True)
+                if N_FEATURES > 2:
+                    a2 += tl.sum(p * x2, 1, keep_dims=True)
+                if N_FEATURES > 3:
+                    a3 += tl.sum(p * x3, 1, keep_dims=True)
+                if N_FEATURES > 4:
+                    a4 += tl.sum(p * x4, 1, keep_dims=True)
+                if N_FEATURES > 5:
+                    a5 += tl.sum(p * x5, 1, keep_dims=True)
+                if N_FEATURES > 6:
+                    a6 += tl.sum(p * x6, 1, keep_dims=True)
+                if N_FEATURES > 7:
+                    a7 += tl.sum(p * x7, 1, keep_dims=True)
 
+    if MMA:
+        l_i = tl.sum(tl.where(x_cols == N_FEATURES, acc, 0.0), 1, keep_dims=True)
+        a0 = tl.sum(tl.where(x_cols == 0, acc, 0.0), 1, keep_dims=True)
+        if N_FEATURES > 1:
+            a1 = tl.sum(tl.where(x_cols == 1, acc, 0.0), 1, keep_dims=True)
+        if N_FEATURES > 2:
+            a2 = tl.sum(tl.where(x_cols == 2, acc, 0.0), 1, keep_dims=True)
+        if N_FEATURES > 3:
+            a3 = tl.sum(tl.where(x_cols == 3, acc, 0.0), 1, keep_dims=True)
+        if N_FEATURES > 4:
+            a4 = tl.sum(tl.where(x_cols == 4, acc, 0.0), 1, keep_dims=True)
+        if N_FEATURES > 5:
+            a5 = tl.sum(tl.where(x_cols == 5, acc, 0.0), 1, keep_dims=True)
+        if N_FEATURES > 6:
+            a6 = tl.sum(tl.where(x_cols == 6, acc, 0.0), 1, keep_dims=True)
+        if N_FEATURES > 7:
+            a7 = tl.sum(tl.where(x_cols == 7, acc, 0.0), 1, keep_dims=True)
+
+    # New positions (old ones where the window is empty), the shift and the stop test.
     empty = l_i <= 0.0
     safe_l = tl.where(empty, 1.0, l_i)
-    new = tl.where(empty[:, None], q, acc / safe_l[:, None])
-    moved = tl.where(valid_cols[None, :], new - q, 0.0)
-    shift_len = tl.sqrt(tl.sum(moved * moved, 1))
+    shift2 = tl.zeros((BLOCK_S, 1), DTYPE)
+    largest = tl.zeros((BLOCK_S, 1), DTYPE)
+    moved = tl.where(empty, q0, a0 / safe_l)
+    tl.store(pos_ptr + seed_col * stride_pos + 0, moved, mask=live_col)
+    shift2 += (moved - q0) * (moved - q0)
+    largest = tl.maximum(largest, tl.abs(q0))
+    if N_FEATURES > 1:
+        moved = tl.where(empty, q1, a1 / safe_l)
+        tl.store(pos_ptr + seed_col * stride_pos + 1, moved, mask=live_col)
+        shift2 += (moved - q1) * (moved - q1)
+        largest = tl.maximum(largest, tl.abs(q1))
+    if N_FEATURES > 2:
+        moved = tl.where(empty, q2, a2 / safe_l)
+        tl.store(pos_ptr + seed_col * stride_pos + 2, moved, mask=live_col)
+        shift2 += (moved - q2) * (moved - q2)
+        largest = tl.maximum(largest, tl.abs(q2))
+    if N_FEATURES > 3:
+        moved = tl.where(empty, q3, a3 / safe_l)
+        tl.store(pos_ptr + seed_col * stride_pos + 3, moved, mask=live_col)
+        shift2 += (moved - q3) * (moved - q3)
+        largest = tl.maximum(largest, tl.abs(q3))
+    if N_FEATURES > 4:
+        moved = tl.where(empty, q4, a4 / safe_l)
+        tl.store(pos_ptr + seed_col * stride_pos + 4, moved, mask=live_col)
+        shift2 += (moved - q4) * (moved - q4)
+        largest = tl.maximum(largest, tl.abs(q4))
+    if N_FEATURES > 5:
+        moved = tl.where(empty, q5, a5 / safe_l)
+        tl.store(pos_ptr + seed_col * stride_pos + 5, moved, mask=live_col)
+        shift2 += (moved - q5) * (moved - q5)
+        largest = tl.maximum(largest, tl.abs(q5))
+    if N_FEATURES > 6:
+        moved = tl.where(empty, q6, a6 / safe_l)
+        tl.store(pos_ptr + seed_col * stride_pos + 6, moved, mask=live_col)
+        shift2 += (moved - q6) * (moved - q6)
+        largest = tl.maximum(largest, tl.abs(q6))
+    if N_FEATURES > 7:
+        moved = tl.where(empty, q7, a7 / safe_l)
+        tl.store(pos_ptr + seed_col * stride_pos + 7, moved, mask=live_col)
+        shift2 += (moved - q7) * (moved - q7)
+        largest = tl.maximum(largest, tl.abs(q7))
+    shift_len = tl.sqrt(shift2)
     # A shift of a unit or two in the last place is a fixed point reached up to rounding.
-    at_rest = shift_len <= rest_eps * (tl.max(tl.abs(q), 1) + 1.0)
-    steps = tl.load(n_iter_ptr + seed, mask=live, other=0)
+    at_rest = shift_len <= rest_eps * (largest + 1.0)
+    steps = tl.load(n_iter_ptr + seed_col, mask=live_col, other=0)
     stop = empty | (shift_len <= tol) | at_rest | (steps >= max_iter)
-    tl.store(pos_ptr + seed[:, None] * stride_pos + cols[None, :], new,
-             mask=live[:, None] & valid_cols[None, :])
-    tl.store(dens_ptr + seed, tl.where(empty, 0.0, l_i), mask=live)
+    tl.store(dens_ptr + seed_col, tl.where(empty, 0.0, l_i), mask=live_col)
     if KERNEL == "gaussian":
-        tl.store(logit_max_ptr + seed, m_i, mask=live)
-    tl.store(done_ptr + seed, stop.to(tl.int8), mask=live)
-    tl.store(n_iter_ptr + seed, steps + tl.where(stop, 0, 1), mask=live)
+        tl.store(logit_max_ptr + seed_col, m_i, mask=live_col)
+    tl.store(done_ptr + seed_col, stop.to(tl.int8), mask=live_col)
+    tl.store(n_iter_ptr + seed_col, steps + tl.where(stop, 0, 1), mask=live_col)
+
+
+@triton.jit
+def _squared_gap(q, x):
+    """``(q_i - x_j)**2`` for a column of seeds' coordinates and a row of points' ones."""
+    gap = q - x
+    return gap * gap
 
 
 class GridRanges:
@@ -316,6 +475,7 @@ def ascent_steps(
     n_steps: int = 1,
     ranges: GridRanges | None = None,
     tile: Tile | None = None,
+    variant: str | None = None,
 ) -> None:
     """Run ``n_steps`` fused ascent steps, in place, on the seeds listed in ``order``.
 
@@ -350,6 +510,11 @@ def ascent_steps(
         Read only the cells around each program's seeds.
     tile : Tile or None
         Seeds and points per program step; None: the tile table.
+    variant : {"reduce", "mma"} or None
+        How the weighted sums are formed: ``"reduce"``, row sums of each
+        tile (float32 or float64); ``"mma"``, ``p @ [x, 1]`` on the tensor
+        cores in 3-pass tf32 (float32 only; float32-level accuracy).  None:
+        :data:`DEFAULT_VARIANT`, or ``MEANSHIFT_GPU_ASCENT_VARIANT``.
 
     Examples
     --------
@@ -400,6 +565,14 @@ def ascent_steps(
         DTYPE=tl.float64 if dtype == torch.float64 else tl.float32,
         BLOCK_S=tile.rows, BLOCK_N=tile.cols,
     )
+    variant = variant or os.environ.get("MEANSHIFT_GPU_ASCENT_VARIANT") or DEFAULT_VARIANT
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown ascent variant {variant!r}; expected one of {VARIANTS}")
+    use_mma = variant == "mma" and dtype == torch.float32
+    meta.update(MMA=use_mma, MMA_WIDTH=max(16, triton.next_power_of_2(n_features + 1)))
+    if use_mma and tile.rows < 16:
+        tile = Tile(16, max(16, tile.cols), tile.num_warps, tile.num_stages)
+        meta.update(BLOCK_S=tile.rows, BLOCK_N=tile.cols)
     if not INTERPRETED:
         meta.update(num_warps=tile.num_warps, num_stages=tile.num_stages)
     rest_eps = 2.0 * torch.finfo(dtype).eps

@@ -39,12 +39,12 @@ FEATURE_BUCKETS = (2, 4, 8, 16, 64, 256, 1 << 30)
 # exact row to (arch, op, bucket, "*"), then the "default" arch, then the
 # op's default row.
 TILE_TABLE: dict[tuple[str, str, int, str], Tile] = {
-    # Fused ascent (the fit's hot loop): per-feature differences, so the
-    # pair tiles dominate registers; wider features get fewer seeds.
-    ("default", "ascent", 2, "*"): Tile(64, 64, 4, 2),
-    ("default", "ascent", 4, "*"): Tile(64, 64, 4, 2),
-    ("default", "ascent", 8, "*"): Tile(64, 32, 4, 2),
-    ("default", "ascent", 16, "*"): Tile(32, 32, 4, 2),
+    # Fused ascent (the fit's hot loop): the largest tiles that compile for
+    # sm_90 without spilling and with at most ~128 registers a thread (see
+    # benchmarks/README.md, "GPU tiles"); 64 x 64 tiles spilled.
+    ("default", "ascent", 2, "*"): Tile(64, 32, 4, 2),
+    ("default", "ascent", 4, "*"): Tile(32, 32, 4, 2),
+    ("default", "ascent", 8, "*"): Tile(32, 32, 4, 2),
     ("default", "step_exact", 4, "*"): Tile(64, 64, 4, 2),
     ("default", "step_dot", 16, "*"): Tile(64, 64, 4, 2),
     ("default", "step_dot", 64, "*"): Tile(64, 32, 4, 2),
@@ -92,9 +92,9 @@ def pick_tile(op: str, n_features: int, kernel: str = "*", device: torch.device 
     Examples
     --------
     >>> pick_tile("ascent", 2, "flat")
-    Tile(rows=64, cols=64, num_warps=4, num_stages=2)
+    Tile(rows=64, cols=32, num_warps=4, num_stages=2)
     >>> pick_tile("ascent", 2, "flat", dtype=torch.float64)
-    Tile(rows=32, cols=64, num_warps=4, num_stages=2)
+    Tile(rows=32, cols=32, num_warps=4, num_stages=2)
     """
     if op not in _OP_DEFAULT:
         raise ValueError(f"unknown kernel operation {op!r}; expected one of {sorted(_OP_DEFAULT)}")

@@ -60,7 +60,7 @@ def _state(seeds):
     )
 
 
-def _one_step(seeds, data, weights, kernel, ranges=None, tile=None):
+def _one_step(seeds, data, weights, kernel, ranges=None, tile=None, variant=None):
     st = _state(seeds)
     if ranges is None:
         data_t, w = data.T.contiguous(), weights
@@ -71,7 +71,8 @@ def _one_step(seeds, data, weights, kernel, ranges=None, tile=None):
     if w is not None and kernel == "gaussian":
         w = torch.log2(w)
     _ascent.ascent_steps(st["positions"], st["density"], st["logit_max"], st["n_iter"], st["done"], order,
-                         data_t, w, kernel=kernel, tol=1e-3, max_iter=300, ranges=ranges, tile=tile)
+                         data_t, w, kernel=kernel, tol=1e-3, max_iter=300, ranges=ranges, tile=tile,
+                         variant=variant)
     log_density = torch.log(st["density"])
     if kernel == "gaussian":
         log_density = log_density + st["logit_max"] * math.log(2.0)
@@ -94,25 +95,29 @@ def _truncated_reference(seeds, data, weights, kernel, reach):
     return (k @ x) / total[:, None], torch.log(total)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda n: n)
+# "mma" runs the weighted sums on the tensor cores (float32 only: float64 keeps "reduce").
+VARIANT_CASES = [("float32", "reduce"), ("float64", "reduce"), ("float32", "mma")]
+
+
+@pytest.mark.parametrize("dtype,variant", VARIANT_CASES, ids=lambda v: v)
 @pytest.mark.parametrize("kernel", ["flat", "gaussian", "epanechnikov"])
-@pytest.mark.parametrize("n_features", [1, 3, 5])
-def test_dense_step_matches_reference(dtype, kernel, n_features):
+@pytest.mark.parametrize("n_features", [1, 3, 5, 8])
+def test_dense_step_matches_reference(dtype, variant, kernel, n_features):
     dtype = DTYPES[dtype]
     data = _blobs(150, n_features, dtype, seed=n_features, spread=0.6)
     weights = torch.rand(150, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype).to(DEVICE) + 0.5
     seeds = data[:70]
-    st, log_density = _one_step(seeds, data, weights, kernel)
+    st, log_density = _one_step(seeds, data, weights, kernel, variant=variant)
     ref = _reference.mean_shift_step(seeds.double().cpu(), data.double().cpu(), weights.double().cpu(), kernel=kernel)
     np.testing.assert_allclose(st["positions"].double().cpu(), ref.positions, atol=STEP_ATOL[dtype], rtol=0)
     np.testing.assert_allclose(log_density.double().cpu(), ref.log_density, atol=STEP_ATOL[dtype], rtol=0)
     assert int(st["n_iter"].sum()) + int(st["done"].sum()) == 70  # each seed either stopped or stepped once
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda n: n)
+@pytest.mark.parametrize("dtype,variant", VARIANT_CASES, ids=lambda v: v)
 @pytest.mark.parametrize("kernel", ["flat", "gaussian"])
-@pytest.mark.parametrize("n_features,per_reach", [(1, 2), (2, 1), (2, 2), (3, 2), (4, 1)])
-def test_ranges_step_matches_truncated_reference(dtype, kernel, n_features, per_reach):
+@pytest.mark.parametrize("n_features,per_reach", [(1, 2), (2, 1), (3, 2), (4, 1)])
+def test_ranges_step_matches_truncated_reference(dtype, variant, kernel, n_features, per_reach):
     dtype = DTYPES[dtype]
     reach = 3.0 if kernel == "gaussian" else 1.0
     data = _blobs(160, n_features, dtype, seed=10 + n_features, spread=0.8)
@@ -120,7 +125,7 @@ def test_ranges_step_matches_truncated_reference(dtype, kernel, n_features, per_
     seeds = data[torch.randperm(160, generator=torch.Generator().manual_seed(3))[:64].to(DEVICE)]
     ranges = _ascent.GridRanges.build(data, weights, reach, cells_per_reach=per_reach)
     assert ranges is not None
-    st, log_density = _one_step(seeds, data, weights, kernel, ranges)
+    st, log_density = _one_step(seeds, data, weights, kernel, ranges, variant=variant)
     ref_pos, ref_log = _truncated_reference(seeds, data, weights, kernel, reach)
     np.testing.assert_allclose(st["positions"].double().cpu(), ref_pos, atol=STEP_ATOL[dtype], rtol=0)
     np.testing.assert_allclose(log_density.double().cpu(), ref_log, atol=STEP_ATOL[dtype], rtol=0)

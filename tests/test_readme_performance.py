@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = [Path("benchmarks") / "reference_cpu", Path("benchmarks") / "reference_cpu_20k"]
+RESULTS = [Path("benchmarks") / "reference_cpu", Path("benchmarks") / "reference_cpu_20k",
+           Path("benchmarks") / "reference_gpu"]
 
 
 def test_readme_performance_section_matches_results_files(monkeypatch):

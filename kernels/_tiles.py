@@ -40,8 +40,8 @@ FEATURE_BUCKETS = (2, 4, 8, 16, 64, 256, 1 << 30)
 # op's default row.
 TILE_TABLE: dict[tuple[str, str, int, str], Tile] = {
     # Fused ascent (the fit's hot loop): the largest tiles that compile for
-    # sm_90 without spilling and with at most ~128 registers a thread (see
-    # benchmarks/README.md, "GPU tiles"); 64 x 64 tiles spilled.
+    # sm_90 (Triton 3.6) without spilling, at most 128 registers a thread
+    # (benchmarks/README.md, "GPU tiles").
     ("default", "ascent", 2, "*"): Tile(64, 32, 4, 2),
     ("default", "ascent", 4, "*"): Tile(32, 32, 4, 2),
     ("default", "ascent", 8, "*"): Tile(32, 32, 4, 2),

@@ -352,5 +352,8 @@ def _ascent_module() -> ModuleType:
 
 
 def _ascent_max_features() -> int:
-    """Most features the fused ascent kernel takes (it unrolls its per-feature loops)."""
+    """Most features the fused ascent kernel takes (``_ascent.MAX_FEATURES``).
+
+    Repeated here so that the engine can ask without importing Triton.
+    """
     return 8

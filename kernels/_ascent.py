@@ -28,9 +28,16 @@ Two ways to choose the points a program reads:
   its seeds' cells, widened by ``cells_per_reach`` cells, and reads each row
   of cells along the last axis as one contiguous ``[start, end)`` range of
   the sorted data (a dense table of cell starts), KeOps-style: no index
-  lists.  Every point within ``reach`` of a seed is read; the Gaussian is
+  lists.  Each row is trimmed to the cells within ``reach`` of the seeds'
+  bounding box, and rows beyond it are skipped.  Every point within ``reach``
+  of a seed is read; the Gaussian is
   truncated at exactly ``reach`` (weights beyond it are zero) so results do
   not depend on how seeds are grouped.
+
+Each feature of the seeds and of the weighted sums is its own (seeds, 1)
+column (up to 8 features), so the hot loop stays in the tiles' layout.  The
+weighted sums are row sums of each tile (variant ``"reduce"``), or
+``p @ [x, 1]`` on the tensor cores in 3-pass tf32 (``"mma"``, float32).
 
 The density sum (and, for the Gaussian, the running maximum of the base-2
 logits) is stored, not its logarithm: the engine takes the log once at the
@@ -45,9 +52,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tiles import Tile, pick_tile
+from meanshift_gpu._reference import KERNELS
 
-KERNELS = ("flat", "gaussian", "epanechnikov")
+from ._tiles import Tile, pick_tile
 
 _NEG_HALF_LOG2E = tl.constexpr(-0.5 * 1.4426950408889634)  # exp(-d2/2) = exp2(d2 * this)
 
@@ -55,8 +62,8 @@ _NEG_HALF_LOG2E = tl.constexpr(-0.5 * 1.4426950408889634)  # exp(-d2/2) = exp2(d
 # enough that tests with a few hundred points cross ragged tile edges.
 _INTERPRETER_TILE = Tile(32, 64)
 
-# How the weighted sums are formed (see ascent_steps).  "reduce" is the one
-# measured in benchmarks/reference_gpu; "mma" awaits its measurement there.
+# How the weighted sums are formed (see ascent_steps): "mma" stays opt-in
+# until a GPU run times it against "reduce" (benchmarks.gpu_step).
 VARIANTS = ("reduce", "mma")
 DEFAULT_VARIANT = "reduce"
 

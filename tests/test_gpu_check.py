@@ -163,3 +163,18 @@ def test_without_cuda_the_full_check_stops_with_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "CUDA is not available" in proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_tile_sweep_without_cuda_measures_nothing_and_formats_table_rows(capsys):
+    """Device: CPU only (the sweep itself needs CUDA; its row formatting does not)."""
+    import torch
+
+    from benchmarks import tile_sweep
+
+    if not torch.cuda.is_available():
+        assert tile_sweep.main([]) == 0
+        assert "no CUDA device" in capsys.readouterr().out
+    records = [dict(arch="sm90", d=3, kernel="flat", variant="reduce", rows=r, cols=32, num_warps=4, ms=ms, n=10)
+               for r, ms in ((32, 2.0), (64, 1.5))]
+    (row,) = tile_sweep.best_rows(records)
+    assert row.startswith('("sm90", "ascent", 4, "flat"): Tile(64, 32, 4, 2)') and "1.500 ms" in row

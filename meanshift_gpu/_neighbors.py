@@ -110,6 +110,14 @@ _ROW_SUMS_AUTO_MAX_FEATURES_COMPILED = 3
 _ROW_SUMS_MIN_WINDOW_COMPILED = 0
 
 
+def _is_integer(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
 def check_neighbor_options(options: dict | None) -> dict:
     """Merge user options over the defaults; unknown keys are an error."""
     merged = dict(DEFAULT_OPTIONS)
@@ -123,13 +131,19 @@ def check_neighbor_options(options: dict | None) -> dict:
             f"unknown neighbor_options {unknown}; valid keys are {sorted(DEFAULT_OPTIONS)}"
         )
     merged.update(options)
-    if not merged["truncate"] > 0:
-        raise ValueError(f"neighbor_options['truncate'] must be > 0, got {merged['truncate']!r}")
+    for key in ("truncate", "bucket_width"):
+        if not (_is_real(merged[key]) and math.isfinite(merged[key]) and merged[key] > 0):
+            raise ValueError(f"neighbor_options[{key!r}] must be a finite number > 0, got {merged[key]!r}")
     for key in ("n_tables", "n_bits", "max_pairs"):
-        if int(merged[key]) < 1:
-            raise ValueError(f"neighbor_options[{key!r}] must be >= 1, got {merged[key]!r}")
-    if not merged["bucket_width"] > 0:
-        raise ValueError(f"neighbor_options['bucket_width'] must be > 0, got {merged['bucket_width']!r}")
+        if not (_is_integer(merged[key]) and merged[key] >= 1):
+            raise ValueError(f"neighbor_options[{key!r}] must be an integer >= 1, got {merged[key]!r}")
+    if not _is_integer(merged["seed"]):
+        raise ValueError(f"neighbor_options['seed'] must be an integer, got {merged['seed']!r}")
+    for key in ("nlist", "nprobe"):
+        if merged[key] is not None and not (_is_integer(merged[key]) and merged[key] >= 1):
+            raise ValueError(
+                f"neighbor_options[{key!r}] must be None (automatic) or an integer >= 1, got {merged[key]!r}"
+            )
     for key in ("row_sums", "compiled"):
         if isinstance(merged[key], np.bool_):
             merged[key] = bool(merged[key])
@@ -138,7 +152,7 @@ def check_neighbor_options(options: dict | None) -> dict:
                 f"neighbor_options[{key!r}] must be 'auto', True or False, got {merged[key]!r}"
             )
     cells = merged["cells_per_reach"]
-    if not (cells == "auto" or (isinstance(cells, (int, np.integer)) and not isinstance(cells, bool) and 1 <= cells <= 8)):
+    if not (cells == "auto" or (_is_integer(cells) and 1 <= cells <= 8)):
         raise ValueError(
             f"neighbor_options['cells_per_reach'] must be 'auto' or an integer from 1 to 8, got {cells!r}"
         )

@@ -48,7 +48,14 @@ def resolve_device(device, X=None) -> torch.device:
                 f"device={device!r} was requested but only {torch.cuda.device_count()} "
                 "CUDA device(s) exist"
             )
-    elif resolved.type not in ("cpu", "mps", "xpu"):
+    elif resolved.type in ("mps", "xpu"):
+        backend = getattr(torch.backends, "mps", None) if resolved.type == "mps" else getattr(torch, "xpu", None)
+        if backend is None or not backend.is_available():
+            raise ValueError(
+                f"device={device!r} was requested but this torch build has no usable {resolved.type} "
+                "device; use device='cpu' or 'auto'"
+            )
+    elif resolved.type != "cpu":
         raise ValueError(f"unsupported device {device!r}; use 'auto', 'cpu' or 'cuda'")
     return resolved
 
@@ -61,7 +68,12 @@ def compute_dtype(dtype) -> torch.dtype:
 
 
 def check_tensor(X: torch.Tensor, name: str = "X", n_features: int | None = None) -> torch.Tensor:
-    """Validate a 2-D torch tensor of samples; return it as a float tensor."""
+    """Validate a 2-D torch tensor of samples; return it as a float tensor.
+
+    Gradients are not tracked through a fit (mean shift's modes are not a
+    differentiable function of the data): the tensor is detached.
+    """
+    X = X.detach()
     if X.is_sparse or X.layout != torch.strided:
         raise TypeError(
             f"{name} is a sparse tensor, but dense data is required; use {name}.to_dense()"

@@ -314,3 +314,40 @@ def test_get_bin_seeds_bad_input(X):
         get_bin_seeds(_with_value(X, np.nan), 1.0)
     with pytest.raises(ValueError, match="X is a ragged list"):
         get_bin_seeds([[0.0, 1.0], [2.0]], 1.0)
+
+
+# ------------------------------------------------------- options, devices, autograd
+@pytest.mark.parametrize(
+    "options, pattern",
+    [
+        ({"truncate": "3"}, r"'truncate'\] must be a finite number > 0, got '3'"),
+        ({"truncate": float("inf")}, r"'truncate'\] must be a finite number > 0"),
+        ({"bucket_width": True}, r"'bucket_width'\] must be a finite number > 0"),
+        ({"seed": "x"}, r"'seed'\] must be an integer, got 'x'"),
+        ({"n_tables": 2.5}, r"'n_tables'\] must be an integer >= 1"),
+        ({"nprobe": -1}, r"'nprobe'\] must be None \(automatic\) or an integer >= 1, got -1"),
+        ({"nlist": 0}, r"'nlist'\] must be None \(automatic\) or an integer >= 1, got 0"),
+    ],
+)
+def test_neighbor_options_of_the_wrong_type_or_range_say_which(X, options, pattern, device):
+    with pytest.raises(ValueError, match=pattern):
+        MeanShift(bandwidth=1.0, device=device, neighbor_options=options).fit(X)
+
+
+@pytest.mark.parametrize("name", ["xpu", "mps"])
+def test_unavailable_accelerator_types_give_one_clear_line(X, name):
+    """Device: the named accelerator type, absent from this torch build (skipped where present)."""
+    backend = torch.backends.mps if name == "mps" else getattr(torch, "xpu", None)
+    if backend is not None and backend.is_available():
+        pytest.skip(f"this machine has a usable {name} device")
+    with pytest.raises(ValueError, match=f"no usable {name} device; use device='cpu' or 'auto'"):
+        MeanShift(bandwidth=1.0, device=name).fit(X)
+
+
+def test_tensors_that_require_grad_are_fitted_without_gradients(X, device):
+    data = torch.as_tensor(X, device=device).requires_grad_(True)
+    model = MeanShift(bandwidth=2.0, device=device, seeds=data[:5]).fit(data)
+    expected = MeanShift(bandwidth=2.0, device=device, seeds=X[:5]).fit(X)
+    np.testing.assert_array_equal(model.labels_, expected.labels_)
+    np.testing.assert_allclose(model.cluster_centers_, expected.cluster_centers_)
+    assert estimate_bandwidth(data, device=device) == pytest.approx(estimate_bandwidth(X, device=device))

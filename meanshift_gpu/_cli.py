@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -68,15 +69,23 @@ def _parser() -> argparse.ArgumentParser:
 def _load(path: Path) -> np.ndarray:
     if not path.exists():
         raise SystemExit(f"error: {path} does not exist")
-    if path.suffix == ".npy":
-        data = np.load(path, allow_pickle=False)
-    elif path.suffix in (".csv", ".txt"):
-        with path.open() as handle:
-            first = handle.readline()
-        has_header = any(c.isalpha() for c in first.replace("e", "").replace("E", ""))
-        data = np.loadtxt(path, delimiter="," if "," in first else None, skiprows=int(has_header), ndmin=2)
-    else:
-        raise SystemExit(f"error: {path}: expected a .npy or .csv file, got {path.suffix!r}")
+    try:
+        if path.suffix == ".npy":
+            data = np.load(path, allow_pickle=False)
+        elif path.suffix in (".csv", ".txt"):
+            with path.open() as handle:
+                first = handle.readline()
+            has_header = any(c.isalpha() for c in first.replace("e", "").replace("E", ""))
+            data = np.loadtxt(path, delimiter="," if "," in first else None, skiprows=int(has_header), ndmin=2)
+        else:
+            raise SystemExit(f"error: {path}: expected a .npy or .csv file, got {path.suffix!r}")
+    except (OSError, EOFError, ValueError) as exc:
+        # Empty, truncated or malformed files: say which file, not numpy's traceback.
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SystemExit(f"error: {path}: cannot be read as {path.suffix[1:]} data ({reason})") from exc
+    if np.iscomplexobj(data):
+        raise SystemExit(f"error: {path}: holds complex numbers; mean shift needs real-valued data "
+                         "(pass the real part, or real and imaginary parts as two features)")
     if data.ndim == 1:
         data = data[:, None]
     return np.asarray(data, dtype=np.float64 if data.dtype != np.float32 else np.float32)
@@ -149,12 +158,18 @@ def _demo(args) -> int:
 
 def _cluster(args) -> int:
     X = _load(args.data)
+    # Checked before the fit, so that a long fit is not lost to a bad --out.
+    out = args.out if args.out is not None else args.data.with_suffix("")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(out.parent, os.W_OK):
+            raise PermissionError(f"{out.parent} is not writable")
+    except OSError as exc:
+        raise SystemExit(f"error: --out {out}: cannot write there ({exc}); choose a writable folder") from exc
     est = _estimator(args)
     start = time.perf_counter()
     est.fit(X)
     seconds = time.perf_counter() - start
-    out = args.out if args.out is not None else args.data.with_suffix("")
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":  # --out labels.npy: numpy files
         labels_path = out
         centers_path = out.with_name(f"{out.stem}_centers.npy")

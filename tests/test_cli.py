@@ -67,3 +67,50 @@ def test_demo_prints_table_and_saves_plot(tmp_path, capsys, device):
     printed = capsys.readouterr().out
     assert "meanshift_gpu" in printed and "scikit-learn" in printed and "speed-up" in printed
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "content, pattern",
+    [
+        (b"", r"points\.npy: cannot be read as npy data"),
+        (b"\x93NUMPY garbage", r"points\.npy: cannot be read as npy data"),
+    ],
+    ids=["empty", "truncated"],
+)
+def test_unreadable_npy_is_one_line_naming_the_file(tmp_path, content, pattern):
+    """Device: none (the file is rejected before any fit)."""
+    path = tmp_path / "points.npy"
+    path.write_bytes(content)
+    with pytest.raises(SystemExit, match=pattern):
+        main(["cluster", str(path), "--bandwidth", "1.0", "--device", "cpu"])
+
+
+def test_complex_npy_is_rejected_not_truncated_to_its_real_part(tmp_path):
+    """Device: none (the file is rejected before any fit)."""
+    path = tmp_path / "points.npy"
+    np.save(path, np.ones((10, 2)) * (1 + 2j))
+    with pytest.raises(SystemExit, match="holds complex numbers; mean shift needs real-valued data"):
+        main(["cluster", str(path), "--bandwidth", "1.0", "--device", "cpu"])
+
+
+def test_unwritable_out_is_reported_before_the_fit(blobs_file, tmp_path, monkeypatch):
+    """Device: none (the bad --out stops the command before the fit)."""
+    _, path = blobs_file
+    fitted = []
+    monkeypatch.setattr(MeanShift, "fit", lambda self, *a, **k: fitted.append(1))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit, match=r"--out .*: cannot write there .*; choose a writable folder"):
+        main(["cluster", str(path), "--bandwidth", "1.0", "--device", "cpu", "--out", str(blocker / "labels.npy")])
+    assert not fitted
+
+
+def test_unavailable_device_is_one_line(blobs_file, capsys):
+    """Device: xpu, absent from this torch build (skipped where present)."""
+    import torch
+
+    if getattr(torch, "xpu", None) is not None and torch.xpu.is_available():
+        pytest.skip("this machine has an xpu device")
+    _, path = blobs_file
+    assert main(["cluster", str(path), "--bandwidth", "1.0", "--device", "xpu"]) == 2
+    assert "no usable xpu device; use device='cpu' or 'auto'" in capsys.readouterr().err

@@ -554,3 +554,31 @@ def test_cli_train_with_cross_validation_on_tiny_phantoms(tmp_path, capsys):
     for key in ("F", "y", "w", "scan", "center", "nodule", "factor"):
         np.testing.assert_array_equal(one[key], two[key])
     assert len(one["nodules"]) > 0 and one["paths"] == two["paths"]
+
+
+def test_cli_detect_reports_and_skips_bad_scans_and_writes_the_others(tmp_path, capsys):
+    """Device: CPU.  A truncated .raw, a header naming a missing .raw, a garbage and a 2-D
+    header are each reported in one line and skipped; the good scan's candidates are written."""
+    ph = make_phantom((96, 96, 48), spacing_xyz=(1.7, 1.7, 2.8), seed=3, n_nodules=1, diameter_range=(9, 12))
+    scans = tmp_path / "scans"
+    good = nio.write_scan(ph.scan, scans)
+    truncated = nio.write_scan(nio.Scan(ph.scan.array[:8], ph.scan.origin, ph.scan.spacing, seriesuid="truncated"),
+                               scans)
+    raw = truncated.with_suffix(".raw")
+    raw.write_bytes(raw.read_bytes()[:1000])
+    missing = nio.write_scan(nio.Scan(ph.scan.array[:4], ph.scan.origin, ph.scan.spacing, seriesuid="missing"), scans)
+    missing.with_suffix(".raw").unlink()
+    (scans / "garbage.mhd").write_text("this is not a header\n")
+    flat = good.read_text().replace("NDims = 3", "NDims = 2").replace(
+        f"DimSize = {' '.join(map(str, ph.scan.array.shape[::-1]))}", "DimSize = 96 96")
+    (scans / "flat.mhd").write_text(flat)
+    out = tmp_path / "candidates.csv"
+    assert main(["detect", str(scans), "--out", str(out), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "skipped truncated.mhd: " in err and "is truncated: 1000 bytes" in err
+    assert "skipped missing.mhd: " in err and "which does not exist beside it" in err
+    assert "skipped garbage.mhd: " in err and "not a MetaImage header" in err
+    assert "skipped flat.mhd: " in err and "2-D; a CT scan must be 3-D" in err
+    assert "4 of 5 scans skipped" in err
+    found = nio.read_candidates(out)
+    assert found and {c.seriesuid for c in found} == {ph.scan.seriesuid}

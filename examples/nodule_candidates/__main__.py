@@ -70,12 +70,19 @@ def detect_folder(folder: Path, out: Path, config: DetectorConfig, timings_out: 
     scans = list_scans(folder)
     if not scans:
         raise SystemExit(f"no .mhd scans in {folder}")
-    rows, timing_rows = [], []
+    rows, timing_rows, skipped = [], [], []
     for i, path in enumerate(scans):
         t0 = time.perf_counter()
-        scan = read_scan(path)
-        load = time.perf_counter() - t0
-        det = detect_candidates(scan, config)
+        try:
+            scan = read_scan(path)
+            load = time.perf_counter() - t0
+            det = detect_candidates(scan, config)
+        except (OSError, ValueError, RuntimeError) as exc:
+            # A bad scan is reported and skipped; the others' candidates are still written.
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            print(f"  [{i + 1}/{len(scans)}] skipped {path.name}: {reason}", file=sys.stderr, flush=True)
+            skipped.append((path, reason))
+            continue
         total = time.perf_counter() - t0
         rows += det.candidates
         timing_rows.append(
@@ -90,6 +97,9 @@ def detect_folder(folder: Path, out: Path, config: DetectorConfig, timings_out: 
                 f"{det.n_clusters} clusters of {det.n_points} voxels; {total:.1f} s ({stages})",
                 flush=True,
             )
+    if len(skipped) == len(scans):
+        raise SystemExit(f"error: none of the {len(scans)} scans in {folder} could be read; "
+                         f"first problem: {skipped[0][0].name}: {skipped[0][1]}")
     write_candidates(out, rows)
     if timings_out is not None:
         with Path(timings_out).open("w", newline="") as handle:
@@ -97,17 +107,20 @@ def detect_folder(folder: Path, out: Path, config: DetectorConfig, timings_out: 
             writer.writeheader()
             for row in timing_rows:
                 writer.writerow({k: f"{v:.3f}" if isinstance(v, float) else v for k, v in row.items()})
-    return rows, timing_rows
+    return rows, timing_rows, skipped
 
 
 def cmd_detect(args) -> int:
     config = _config_from(args)
     out = Path(args.out)
     timings = out.with_name(out.stem + "_timings.csv")
-    rows, timing_rows = detect_folder(Path(args.scans), out, config, timings)
+    rows, timing_rows, skipped = detect_folder(Path(args.scans), out, config, timings)
     mean = {s: np.mean([r[s] for r in timing_rows]) for s in ("load", *STAGES, "total")}
     print(f"wrote {len(rows)} candidates to {out} (timings in {timings})")
     print("mean seconds per scan: " + ", ".join(f"{k} {v:.2f}" for k, v in mean.items()))
+    if skipped:
+        print(f"{len(skipped)} of {len(skipped) + len(timing_rows)} scans skipped (listed above)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -167,7 +180,7 @@ def cmd_demo(args) -> int:
     write_phantom_set(data, args.n, shape_xyz=tuple(args.shape), seed=args.seed)
     print("2. detecting candidates")
     config = DetectorConfig(device=args.device)
-    rows, _ = detect_folder(data, out / "candidates.csv", config, out / "timings.csv")
+    rows, _, _ = detect_folder(data, out / "candidates.csv", config, out / "timings.csv")
     print("3. evaluating")
     nodules = read_annotations(data / "nodule_types.csv")
     excluded = read_annotations(data / "annotations_excluded.csv")

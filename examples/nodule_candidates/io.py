@@ -176,6 +176,51 @@ def _sitk():
     return sitk
 
 
+_ELEMENT_BYTES = {"MET_UCHAR": 1, "MET_CHAR": 1, "MET_USHORT": 2, "MET_SHORT": 2, "MET_UINT": 4, "MET_INT": 4,
+                  "MET_FLOAT": 4, "MET_DOUBLE": 8, "MET_ULONG_LONG": 8, "MET_LONG_LONG": 8}
+
+
+def _header_problem(path: Path) -> str | None:
+    """What is wrong with a ``.mhd`` header or its data file, in one line, or None.
+
+    Checked before SimpleITK reads the scan, whose messages for a missing or
+    truncated ``.raw`` do not say which (a truncated file is reported as
+    missing).  Headers this does not understand are left to SimpleITK.
+    """
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"{path} cannot be read: {exc.strerror or exc}"
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            fields[key.strip()] = value.strip()
+    if "NDims" not in fields or "DimSize" not in fields:
+        return f"{path} is not a MetaImage header (no NDims / DimSize lines)"
+    try:
+        dims = [int(v) for v in fields["DimSize"].split()]
+    except ValueError:
+        return f"{path}: DimSize {fields['DimSize']!r} is not a list of integers"
+    if len(dims) != 3:
+        return f"{path} is {len(dims)}-D; a CT scan must be 3-D"
+    data_file = fields.get("ElementDataFile", "")
+    if not data_file or data_file.upper() in ("LOCAL", "LIST") or data_file.startswith("%"):
+        return None
+    raw = path.parent / data_file
+    if not raw.is_file():
+        return f"{path} names its data file {data_file!r}, which does not exist beside it"
+    element = _ELEMENT_BYTES.get(fields.get("ElementType", ""))
+    compressed = fields.get("CompressedData", "False").lower() == "true"
+    if element is not None and not compressed:
+        expected = element * int(np.prod(dims)) * int(fields.get("ElementNumberOfChannels", "1"))
+        size = raw.stat().st_size
+        if size < expected:
+            return (f"{raw} is truncated: {size} bytes, but {path.name} describes "
+                    f"{' x '.join(map(str, dims))} {fields['ElementType']} = {expected} bytes")
+    return None
+
+
 def read_scan(path: str | Path) -> Scan:
     """Read a LUNA16 scan (``.mhd`` header + ``.raw`` data) with SimpleITK.
 
@@ -202,8 +247,15 @@ def read_scan(path: str | Path) -> Scan:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no scan at {path}: expected a .mhd header with its .raw file beside it")
+    problem = _header_problem(path)
+    if problem is not None:
+        raise ValueError(problem)
     sitk = _sitk()
-    image = sitk.ReadImage(str(path))
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:  # SimpleITK's multi-line ITK exception text
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise ValueError(f"{path} cannot be read as a scan: {lines[-1] if lines else 'unknown error'}") from exc
     if image.GetDimension() != 3:
         raise ValueError(f"{path} is {image.GetDimension()}-D; a CT scan must be 3-D")
     return Scan(

@@ -63,7 +63,11 @@ def resolve_device(device, X=None) -> torch.device:
 def compute_dtype(dtype) -> torch.dtype:
     """Float dtype the engine computes in for input of ``dtype``."""
     if isinstance(dtype, torch.dtype):
-        return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+        if dtype in (torch.float32, torch.float64):
+            return dtype
+        # Half floats widen exactly to float32; integers (and bool) need float64
+        # to stay exact, as numpy integer input does.
+        return torch.float32 if dtype.is_floating_point else torch.float64
     return _FLOAT_DTYPES.get(np.dtype(dtype), torch.float64)
 
 

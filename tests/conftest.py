@@ -76,7 +76,8 @@ def _compute_dtype(dtype) -> np.dtype:
     """The float dtype the library computes in for input of ``dtype`` (on every device):
     float32 stays float32, everything else (float64, integers, bool) is float64."""
     if isinstance(dtype, torch.dtype):
-        return np.dtype(np.float32) if dtype == torch.float32 else np.dtype(np.float64)
+        narrow = dtype.is_floating_point and dtype != torch.float64  # float16/bfloat16 widen to float32
+        return np.dtype(np.float32) if narrow else np.dtype(np.float64)
     if isinstance(dtype, (np.ndarray, np.generic, torch.Tensor)):
         return _compute_dtype(dtype.dtype)
     return np.dtype(np.float32) if np.dtype(dtype) == np.float32 else np.dtype(np.float64)

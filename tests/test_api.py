@@ -387,3 +387,18 @@ def test_pipeline_and_grid_search(blobs, make_blob_data, device):
         ).fit(X)
     assert search.best_params_ == {"bandwidth": 2.5}
     assert len(search.best_estimator_.cluster_centers_) == 3
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool])
+def test_integer_tensors_are_computed_exactly_in_float64(dtype, device):
+    """Integer tensors of every width compute in float64, as numpy integers do: values
+    above 2**24 stay distinct (float32 would merge neighbours)."""
+    base = 2**25 if dtype in (torch.int32, torch.int64) else 0
+    high = {torch.uint8: 200, torch.int8: 100, torch.int16: 30_000, torch.bool: 2}.get(dtype, 40)
+    values = torch.arange(base, base + min(high, 40)).reshape(-1, 1)
+    X = (values % 2).to(dtype) if dtype == torch.bool else values.to(dtype)
+    model = MeanShift(bandwidth=0.4, device=device).fit(X.to(device))
+    expected = MeanShift(bandwidth=0.4, device=device).fit(X.cpu().numpy().astype(np.int64))
+    assert model.cluster_centers_.dtype == np.float64
+    assert len(model.cluster_centers_) == len(expected.cluster_centers_) == len(torch.unique(X))
+    np.testing.assert_array_equal(np.sort(model.cluster_centers_, 0), np.sort(expected.cluster_centers_, 0))

@@ -426,6 +426,14 @@ def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
             "not apply; use algorithm='standard' with them"
         )
     bandwidth = _resolve_bandwidth(est, X, data, weights)
+    values = bandwidth.values() if isinstance(bandwidth, PointBandwidths) else bandwidth
+    if not np.all(np.isfinite(np.asarray(values, dtype=np.float64))):
+        # An estimate from data whose spread overflows the float range.
+        raise ValueError(
+            f"the bandwidth estimated from X is not finite ({_short(values)}): the "
+            f"data's distances overflow {str(data.dtype).replace('torch.', '')} (largest |X| = "
+            f"{float(data.abs().max()):.3g}); rescale X (e.g. divide it by its largest value) or pass a bandwidth"
+        )
     point_bandwidths = None
     if isinstance(bandwidth, PointBandwidths):
         # Adaptive: scale by the median h_i and step with per-point windows.
@@ -456,6 +464,12 @@ def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
         return _fit_zero_bandwidth(est, data, weights, seeds, used, scale, config)
 
     scaled = (data - offset) / scale
+    if not bool(torch.isfinite(scaled).all()):
+        raise ValueError(
+            f"X divided by bandwidth={_short(bandwidth)} overflows "
+            f"{str(data.dtype).replace('torch.', '')} (largest |X| = {float(data.abs().max()):.3g}); "
+            "rescale X or use a larger bandwidth"
+        )
     options = check_neighbor_options(est.neighbor_options)
     reach = kernel_reach(est.kernel, options)
     if est.algorithm == "blurring":
@@ -583,6 +597,13 @@ def _resolve_neighbors(est, n_seeds, n_points, n_features, device, point_bandwid
         device=device, grid=grid, kernel=est.kernel,
         compiled=check_neighbor_options(est.neighbor_options)["compiled"],
     )
+
+
+def _short(bandwidth) -> str:
+    """A bandwidth (scalar or per feature) in 3 significant digits, tiny and huge ones too."""
+    values = np.atleast_1d(np.asarray(bandwidth, dtype=np.float64))
+    shown = ", ".join(f"{v:.3g}" for v in values[:6]) + (", ..." if values.size > 6 else "")
+    return shown if values.size == 1 else f"[{shown}]"
 
 
 def _format_bandwidth(bandwidth) -> str:

@@ -351,3 +351,13 @@ def test_tensors_that_require_grad_are_fitted_without_gradients(X, device):
     np.testing.assert_array_equal(model.labels_, expected.labels_)
     np.testing.assert_allclose(model.cluster_centers_, expected.cluster_centers_)
     assert estimate_bandwidth(data, device=device) == pytest.approx(estimate_bandwidth(X, device=device))
+
+
+def test_estimated_bandwidth_that_overflows_is_an_error_not_inf(X, device):
+    with pytest.raises(ValueError, match=r"the bandwidth estimated from X is not finite \(inf\).*rescale X"):
+        MeanShift(device=device).fit(X * 1e300)
+
+
+def test_bandwidth_so_small_that_scaled_data_overflow_is_an_error(X, device):
+    with pytest.raises(ValueError, match=r"X divided by bandwidth=1e-310 overflows float64.*rescale X"):
+        MeanShift(bandwidth=1e-310, device=device).fit(X * 1e10)

@@ -443,6 +443,10 @@ def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
     used = bandwidth if point_bandwidths is None else point_bandwidths.values()
     scale = torch.as_tensor(np.array(np.broadcast_to(bandwidth, (n_features,))), dtype=dtype, device=device)
     offset = data.mean(0)
+    if not bool(torch.isfinite(offset).all()):
+        # The sum overflowed (values near the float maximum): centre on the
+        # midrange instead, whose halves cannot overflow.
+        offset = data.amin(0) / 2 + data.amax(0) / 2
 
     seeds = None
     if est.seeds is not None:

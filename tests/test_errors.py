@@ -361,3 +361,19 @@ def test_estimated_bandwidth_that_overflows_is_an_error_not_inf(X, device):
 def test_bandwidth_so_small_that_scaled_data_overflow_is_an_error(X, device):
     with pytest.raises(ValueError, match=r"X divided by bandwidth=1e-310 overflows float64.*rescale X"):
         MeanShift(bandwidth=1e-310, device=device).fit(X * 1e10)
+
+
+@pytest.mark.parametrize("dtype, top", [(np.float32, 3.0e38), (np.float64, 1.6e308)])
+def test_values_near_the_float_maximum_cluster_like_their_rescaled_copy(dtype, top, device):
+    """The data's mean overflows there: the fit centres on the midrange and matches the
+    same data shifted and scaled to unit range (no overflow, no 'no point within bandwidth')."""
+    unit = np.random.RandomState(1).uniform(0, 1, (40, 2))
+    spread = np.float64(top) / 30
+    X = (unit * spread + top).astype(dtype)
+    model = MeanShift(bandwidth=0.3 * spread, device=device).fit(X)
+    reference = MeanShift(bandwidth=0.3, device=device).fit(((X.astype(np.float64) - top) / spread).astype(dtype))
+    assert len(model.cluster_centers_) == len(reference.cluster_centers_)
+    assert np.isfinite(model.cluster_centers_).all()
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(model.labels_, reference.labels_) == 1.0

@@ -442,11 +442,10 @@ def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
         config = replace(config, backend=step_backend)
     used = bandwidth if point_bandwidths is None else point_bandwidths.values()
     scale = torch.as_tensor(np.array(np.broadcast_to(bandwidth, (n_features,))), dtype=dtype, device=device)
-    offset = data.mean(0)
-    if not bool(torch.isfinite(offset).all()):
-        # The sum overflowed (values near the float maximum): centre on the
-        # midrange instead, whose halves cannot overflow.
-        offset = data.amin(0) / 2 + data.amax(0) / 2
+    # Centred on the median, not the mean: one far outlier (1e9 beside clusters
+    # near 10) would move the mean so far that the clusters' coordinates lose
+    # their precision, and a mean of values near the float maximum overflows.
+    offset = data.median(0).values
 
     seeds = None
     if est.seeds is not None:

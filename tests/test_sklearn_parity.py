@@ -25,7 +25,7 @@ import pytest
 import sklearn.cluster
 import sklearn.neighbors
 from sklearn.datasets import make_blobs
-from sklearn.metrics import v_measure_score
+from sklearn.metrics import adjusted_rand_score, v_measure_score
 from sklearn.utils._testing import assert_allclose, assert_array_equal
 
 from meanshift_gpu import MeanShift, estimate_bandwidth, get_bin_seeds, mean_shift
@@ -454,3 +454,17 @@ def test_mean_shift_zero_bandwidth_matches_sklearn(global_dtype, assert_same_clu
     expected = sklearn.cluster.MeanShift().fit(X)
     got = MeanShift(device=device).fit(X)
     assert_same_clustering(expected.cluster_centers_, expected.labels_, got.cluster_centers_, got.labels_)
+
+
+@pytest.mark.parametrize("dtype, far", [(np.float32, 1e9), (np.float64, 1e15)])
+def test_one_far_outlier_leaves_the_clusters_intact(dtype, far, device):
+    """Two tight clusters near (10, 10) and one row at ``far``: scikit-learn finds 3 clusters.
+    Centring on the mean put the clusters ~far/200 from the origin, where the data's
+    precision is gone (1 cluster); the median keeps them near it."""
+    rng = np.random.RandomState(0)
+    X = np.vstack([rng.normal((10, 10), 0.01, (100, 2)), rng.normal((10.1, 10), 0.01, (100, 2)), [[far, far]]])
+    X = X.astype(dtype)
+    ours = MeanShift(bandwidth=0.03, device=device).fit(X)
+    theirs = sklearn.cluster.MeanShift(bandwidth=0.03).fit(X)
+    assert len(ours.cluster_centers_) == len(theirs.cluster_centers_) == 3
+    assert adjusted_rand_score(ours.labels_, theirs.labels_) == 1.0

@@ -528,11 +528,17 @@ class Check:
             step["status"] = "ok"
         return step
 
-    def run_fit_or_nodule(self, wl: Workload) -> dict:
+    def _start_row(self, wl: Workload) -> tuple[dict, float | None]:
+        """A workload's result row, and the seconds it may run (None: skipped, out of budget)."""
         row = {"id": wl.id, "title": wl.title, "kind": wl.kind, "optional": wl.optional}
         allowed = self.budget_for(wl.timeout_s, wl.min_s)
         if allowed is None:
             row.update(status="skipped", reason="out of time budget")
+        return row, allowed
+
+    def run_fit_or_nodule(self, wl: Workload) -> dict:
+        row, allowed = self._start_row(wl)
+        if allowed is None:
             return row
         if wl.fresh_cache:
             cache = Path(tempfile.mkdtemp(prefix=f"triton_cache_{wl.id}_", dir=self.scratch))
@@ -563,10 +569,8 @@ class Check:
         return row
 
     def run_step(self, wl: Workload) -> dict:
-        row = {"id": wl.id, "title": wl.title, "kind": wl.kind, "optional": wl.optional}
-        allowed = self.budget_for(wl.timeout_s, wl.min_s)
+        row, allowed = self._start_row(wl)
         if allowed is None:
-            row.update(status="skipped", reason="out of time budget")
             return row
         # The smoke run checks the script, not the numbers: one precision is enough there.
         args = [*GPU_STEP_ARGS, *(["--smoke", "--precisions", STEP_PRECISION] if self.smoke else [])]

@@ -99,28 +99,29 @@ def _ascent_kernel(
     # is a shared-memory round trip and a barrier, per feature and tile).
     seed_col = seed[:, None]
     live_col = live[:, None]
-    q0 = tl.load(pos_ptr + seed_col * stride_pos + 0, mask=live_col, other=0.0)
+    row_ptrs = pos_ptr + seed_col * stride_pos
+    q0 = tl.load(row_ptrs + 0, mask=live_col, other=0.0)
     a0 = tl.zeros((BLOCK_S, 1), DTYPE)
     if N_FEATURES > 1:
-        q1 = tl.load(pos_ptr + seed_col * stride_pos + 1, mask=live_col, other=0.0)
+        q1 = tl.load(row_ptrs + 1, mask=live_col, other=0.0)
         a1 = tl.zeros((BLOCK_S, 1), DTYPE)
     if N_FEATURES > 2:
-        q2 = tl.load(pos_ptr + seed_col * stride_pos + 2, mask=live_col, other=0.0)
+        q2 = tl.load(row_ptrs + 2, mask=live_col, other=0.0)
         a2 = tl.zeros((BLOCK_S, 1), DTYPE)
     if N_FEATURES > 3:
-        q3 = tl.load(pos_ptr + seed_col * stride_pos + 3, mask=live_col, other=0.0)
+        q3 = tl.load(row_ptrs + 3, mask=live_col, other=0.0)
         a3 = tl.zeros((BLOCK_S, 1), DTYPE)
     if N_FEATURES > 4:
-        q4 = tl.load(pos_ptr + seed_col * stride_pos + 4, mask=live_col, other=0.0)
+        q4 = tl.load(row_ptrs + 4, mask=live_col, other=0.0)
         a4 = tl.zeros((BLOCK_S, 1), DTYPE)
     if N_FEATURES > 5:
-        q5 = tl.load(pos_ptr + seed_col * stride_pos + 5, mask=live_col, other=0.0)
+        q5 = tl.load(row_ptrs + 5, mask=live_col, other=0.0)
         a5 = tl.zeros((BLOCK_S, 1), DTYPE)
     if N_FEATURES > 6:
-        q6 = tl.load(pos_ptr + seed_col * stride_pos + 6, mask=live_col, other=0.0)
+        q6 = tl.load(row_ptrs + 6, mask=live_col, other=0.0)
         a6 = tl.zeros((BLOCK_S, 1), DTYPE)
     if N_FEATURES > 7:
-        q7 = tl.load(pos_ptr + seed_col * stride_pos + 7, mask=live_col, other=0.0)
+        q7 = tl.load(row_ptrs + 7, mask=live_col, other=0.0)
         a7 = tl.zeros((BLOCK_S, 1), DTYPE)
 
     if RANGES:
@@ -296,67 +297,43 @@ def _ascent_kernel(
                     a7 += tl.sum(p * x7, 1, keep_dims=True)
 
     if MMA:
-        l_i = tl.sum(tl.where(x_cols == N_FEATURES, acc, 0.0), 1, keep_dims=True)
-        a0 = tl.sum(tl.where(x_cols == 0, acc, 0.0), 1, keep_dims=True)
+        l_i = _column(acc, x_cols, N_FEATURES)
+        a0 = _column(acc, x_cols, 0)
         if N_FEATURES > 1:
-            a1 = tl.sum(tl.where(x_cols == 1, acc, 0.0), 1, keep_dims=True)
+            a1 = _column(acc, x_cols, 1)
         if N_FEATURES > 2:
-            a2 = tl.sum(tl.where(x_cols == 2, acc, 0.0), 1, keep_dims=True)
+            a2 = _column(acc, x_cols, 2)
         if N_FEATURES > 3:
-            a3 = tl.sum(tl.where(x_cols == 3, acc, 0.0), 1, keep_dims=True)
+            a3 = _column(acc, x_cols, 3)
         if N_FEATURES > 4:
-            a4 = tl.sum(tl.where(x_cols == 4, acc, 0.0), 1, keep_dims=True)
+            a4 = _column(acc, x_cols, 4)
         if N_FEATURES > 5:
-            a5 = tl.sum(tl.where(x_cols == 5, acc, 0.0), 1, keep_dims=True)
+            a5 = _column(acc, x_cols, 5)
         if N_FEATURES > 6:
-            a6 = tl.sum(tl.where(x_cols == 6, acc, 0.0), 1, keep_dims=True)
+            a6 = _column(acc, x_cols, 6)
         if N_FEATURES > 7:
-            a7 = tl.sum(tl.where(x_cols == 7, acc, 0.0), 1, keep_dims=True)
+            a7 = _column(acc, x_cols, 7)
 
     # New positions (old ones where the window is empty), the shift and the stop test.
     empty = l_i <= 0.0
     safe_l = tl.where(empty, 1.0, l_i)
     shift2 = tl.zeros((BLOCK_S, 1), DTYPE)
     largest = tl.zeros((BLOCK_S, 1), DTYPE)
-    moved = tl.where(empty, q0, a0 / safe_l)
-    tl.store(pos_ptr + seed_col * stride_pos + 0, moved, mask=live_col)
-    shift2 += (moved - q0) * (moved - q0)
-    largest = tl.maximum(largest, tl.abs(q0))
+    shift2, largest = _move_feature(row_ptrs + 0, q0, a0, empty, safe_l, live_col, shift2, largest)
     if N_FEATURES > 1:
-        moved = tl.where(empty, q1, a1 / safe_l)
-        tl.store(pos_ptr + seed_col * stride_pos + 1, moved, mask=live_col)
-        shift2 += (moved - q1) * (moved - q1)
-        largest = tl.maximum(largest, tl.abs(q1))
+        shift2, largest = _move_feature(row_ptrs + 1, q1, a1, empty, safe_l, live_col, shift2, largest)
     if N_FEATURES > 2:
-        moved = tl.where(empty, q2, a2 / safe_l)
-        tl.store(pos_ptr + seed_col * stride_pos + 2, moved, mask=live_col)
-        shift2 += (moved - q2) * (moved - q2)
-        largest = tl.maximum(largest, tl.abs(q2))
+        shift2, largest = _move_feature(row_ptrs + 2, q2, a2, empty, safe_l, live_col, shift2, largest)
     if N_FEATURES > 3:
-        moved = tl.where(empty, q3, a3 / safe_l)
-        tl.store(pos_ptr + seed_col * stride_pos + 3, moved, mask=live_col)
-        shift2 += (moved - q3) * (moved - q3)
-        largest = tl.maximum(largest, tl.abs(q3))
+        shift2, largest = _move_feature(row_ptrs + 3, q3, a3, empty, safe_l, live_col, shift2, largest)
     if N_FEATURES > 4:
-        moved = tl.where(empty, q4, a4 / safe_l)
-        tl.store(pos_ptr + seed_col * stride_pos + 4, moved, mask=live_col)
-        shift2 += (moved - q4) * (moved - q4)
-        largest = tl.maximum(largest, tl.abs(q4))
+        shift2, largest = _move_feature(row_ptrs + 4, q4, a4, empty, safe_l, live_col, shift2, largest)
     if N_FEATURES > 5:
-        moved = tl.where(empty, q5, a5 / safe_l)
-        tl.store(pos_ptr + seed_col * stride_pos + 5, moved, mask=live_col)
-        shift2 += (moved - q5) * (moved - q5)
-        largest = tl.maximum(largest, tl.abs(q5))
+        shift2, largest = _move_feature(row_ptrs + 5, q5, a5, empty, safe_l, live_col, shift2, largest)
     if N_FEATURES > 6:
-        moved = tl.where(empty, q6, a6 / safe_l)
-        tl.store(pos_ptr + seed_col * stride_pos + 6, moved, mask=live_col)
-        shift2 += (moved - q6) * (moved - q6)
-        largest = tl.maximum(largest, tl.abs(q6))
+        shift2, largest = _move_feature(row_ptrs + 6, q6, a6, empty, safe_l, live_col, shift2, largest)
     if N_FEATURES > 7:
-        moved = tl.where(empty, q7, a7 / safe_l)
-        tl.store(pos_ptr + seed_col * stride_pos + 7, moved, mask=live_col)
-        shift2 += (moved - q7) * (moved - q7)
-        largest = tl.maximum(largest, tl.abs(q7))
+        shift2, largest = _move_feature(row_ptrs + 7, q7, a7, empty, safe_l, live_col, shift2, largest)
     shift_len = tl.sqrt(shift2)
     # A shift of a unit or two in the last place is a fixed point reached up to rounding.
     at_rest = shift_len <= rest_eps * (largest + 1.0)
@@ -367,6 +344,21 @@ def _ascent_kernel(
         tl.store(logit_max_ptr + seed_col, m_i, mask=live_col)
     tl.store(done_ptr + seed_col, stop.to(tl.int8), mask=live_col)
     tl.store(n_iter_ptr + seed_col, steps + tl.where(stop, 0, 1), mask=live_col)
+
+
+@triton.jit
+def _column(acc, cols, j):
+    """Column ``j`` of a (seeds, MMA_WIDTH) accumulator, as a (seeds, 1) column."""
+    return tl.sum(tl.where(cols == j, acc, 0.0), 1, keep_dims=True)
+
+
+@triton.jit
+def _move_feature(ptrs, q, total, empty, safe_l, live, shift2, largest):
+    """Store one feature of the new positions (the old one where the window is empty);
+    return the squared shift and the largest |coordinate| so far, with it added."""
+    moved = tl.where(empty, q, total / safe_l)
+    tl.store(ptrs, moved, mask=live)
+    return shift2 + (moved - q) * (moved - q), tl.maximum(largest, tl.abs(q))
 
 
 @triton.jit

@@ -166,8 +166,9 @@ def _triton_kth(queries, data, k, blocks: Blocks):
 
 def _triton_blocked(seeds, data, weights, block_starts, block_indices, *, kernel, seed_block, truncate=None):
     if (truncate is not None and kernel == "gaussian") or seeds.dtype == torch.float64:
-        # The fused kernel has no truncation radius: the torch step keeps the
-        # Gaussian's result independent of how seeds were blocked.
+        # The block-sparse kernel has no truncation radius (the torch step keeps
+        # the Gaussian independent of how seeds were blocked) and computes in
+        # float32 (float64 data keep float64, as above).
         from ._sparse import blocked_step
 
         return blocked_step(

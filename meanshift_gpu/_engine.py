@@ -252,17 +252,17 @@ def ascend_seeds(
 _FUSED_STEPS_PER_SYNC = 8
 
 
-def fused_ascent_unavailable(config: "EngineConfig", n_features: int, dtype: torch.dtype,
-                             device: torch.device) -> str | None:
-    """Why the fused device-resident ascent cannot serve this fit, or None when it can."""
+def fused_ascent_unavailable(config: "EngineConfig", n_features: int) -> str | None:
+    """Why the fused device-resident ascent cannot serve this fit, or None when it can.
+
+    (The engine computes in float32 or float64 only, both of which the kernel takes.)
+    """
     if config.backend.name != "triton":
         return f"backend {config.backend.name!r} has no fused ascent kernel"
     from .kernels import _ascent_max_features
 
     if not 1 <= n_features <= _ascent_max_features():
         return f"{n_features} features: the fused ascent unrolls 1 to {_ascent_max_features()}"
-    if dtype not in (torch.float32, torch.float64):
-        return f"dtype {dtype} is not float32 or float64"
     return None
 
 
@@ -312,7 +312,8 @@ def ascend_fused(
         if active.numel() >= _DEDUP_MIN_SEEDS:
             first, group = distinct_rows(positions[active], n_iter[active])
             if first.numel() <= 0.9 * active.numel():
-                stepped, owner = active[first], active[first][group]
+                stepped = active[first]
+                owner = stepped[group]
         if ranges is not None:
             stepped = stepped[torch.argsort(ranges.seed_keys(positions[stepped]))]
         ascent_kernel.ascent_steps(
@@ -334,8 +335,7 @@ def ascend_fused(
             f"fused ascent, {round_ * steps_per_sync} steps: {active.numel()} of {n_seeds} seeds "
             f"still moving ({stepped.shape[0]} distinct stepped)"
         )
-    log_density = torch.where(density > 0, torch.log(torch.where(density > 0, density, 1.0)),
-                              torch.full_like(density, -math.inf))
+    log_density = torch.log(density)  # an empty window's sum is 0: log density -inf
     if config.kernel == "gaussian":
         log_density = log_density + torch.where(density > 0, logit_max, 0.0) * math.log(2.0)
     return Ascent(positions, log_density, n_iter, None, n_stepped)

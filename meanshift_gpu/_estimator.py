@@ -431,7 +431,7 @@ def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
         # An estimate from data whose spread overflows the float range.
         raise ValueError(
             f"the bandwidth estimated from X is not finite ({_short(values)}): the "
-            f"data's distances overflow {str(data.dtype).replace('torch.', '')} (largest |X| = "
+            f"data's distances overflow {_dtype_name(data.dtype)} (largest |X| = "
             f"{float(data.abs().max()):.3g}); rescale X (e.g. divide it by its largest value) or pass a bandwidth"
         )
     point_bandwidths = None
@@ -470,7 +470,7 @@ def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
     if not bool(torch.isfinite(scaled).all()):
         raise ValueError(
             f"X divided by bandwidth={_short(bandwidth)} overflows "
-            f"{str(data.dtype).replace('torch.', '')} (largest |X| = {float(data.abs().max()):.3g}); "
+            f"{_dtype_name(data.dtype)} (largest |X| = {float(data.abs().max()):.3g}); "
             "rescale X or use a larger bandwidth"
         )
     options = check_neighbor_options(est.neighbor_options)
@@ -539,7 +539,7 @@ def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
         neighbors=method,
         info={
             "device": str(device),
-            "dtype": str(dtype).replace("torch.", ""),
+            "dtype": _dtype_name(dtype),
             "backend": config.backend.name,
             "neighbors": method,
             "ascent": ascent_info,
@@ -560,7 +560,7 @@ def _fused_ascent(est, config, method, options, seeds, data, weights, reach, poi
     runs as ranges of cell-sorted points.  Row sums asked for by name, LSH,
     faiss and per-point bandwidths keep the host loop.
     """
-    reason = _engine.fused_ascent_unavailable(config, data.shape[1], data.dtype, data.device)
+    reason = _engine.fused_ascent_unavailable(config, data.shape[1])
     if reason is None and point_bandwidths is not None:
         reason = "per-point (adaptive) bandwidths"
     if reason is None and method not in ("dense", "grid"):
@@ -600,6 +600,10 @@ def _resolve_neighbors(est, n_seeds, n_points, n_features, device, point_bandwid
         device=device, grid=grid, kernel=est.kernel,
         compiled=check_neighbor_options(est.neighbor_options)["compiled"],
     )
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _short(bandwidth) -> str:

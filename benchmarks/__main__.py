@@ -10,6 +10,7 @@ Run from the repository root::
     python -m benchmarks list --suite quick
     python -m benchmarks gpu                      # the one-shot GPU check (benchmarks/gpu_check.py)
     python -m benchmarks gpu --smoke --out /tmp/gpu_check
+    python -m benchmarks first-fit                # cold (empty caches) vs warm, and fits under load
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         from .gpu_check import main as gpu_main
 
         return gpu_main(argv[1:])
+    if argv[:1] == ["first-fit"]:
+        from .first_fit import main as first_fit_main
+
+        return first_fit_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description="meanshift_gpu benchmark suite")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a suite and write results.json, results.md and plots")
@@ -53,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     sub.add_parser("gpu", help="one-shot GPU check: CUDA test suite, workloads, targets "
                                "(python -m benchmarks gpu --help)", add_help=False)
+    sub.add_parser("first-fit", help="first fit with empty compile caches against the warm fit, and fits "
+                                     "beside a busy process (python -m benchmarks first-fit --help)", add_help=False)
     listing = sub.add_parser("list", help="list the cases and methods of a suite")
     listing.add_argument("--suite", choices=["quick", "full"], default="quick")
     listing.add_argument("--device", choices=["cpu", "cuda"], default="cpu")

@@ -16,8 +16,8 @@ random_state=0)`` (centers uniform in [-10, 10]^3), float32, bandwidth
   at 1M): the same bandwidth, ``bin_seeding=True``.
 
 Reported: wall time of the fit (ours: after a 2,000-point warm-up fit in
-the same process, timed apart as ``warm_up_seconds``: loading numba's
-cached compiled row sums, ~0.5 s, or compiling them on a fresh install),
+the same process, timed apart as ``warm_up_seconds``: torch's first
+calls; the compiled loops are built at install time),
 clusters, ``n_iter_``, and the adjusted Rand index of every labelling
 against scikit-learn's bin seeding (when run) and against the generating
 blobs.  ``clusters`` counts every cluster, however
@@ -66,8 +66,7 @@ def _fit_ours(n: int, bandwidth: float, bin_seeding: bool, threads: int, queue) 
 
     torch.set_num_threads(threads)
     X, _ = make_data(n)
-    # One-off costs, reported apart: numba loading (or, on a fresh install,
-    # compiling) the row sums, and torch's first calls.
+    # One-off costs, reported apart: torch's first calls.
     start = time.perf_counter()
     MeanShift(bandwidth=bandwidth, bin_seeding=bin_seeding).fit(X[:2000])
     warm_up = time.perf_counter() - start

@@ -251,7 +251,7 @@ def _child_fit(wl: Workload, smoke: bool, record: dict, save) -> None:
         reference["why"] = wl.reference_note
     reference["threads"] = torch.get_num_threads()
     if wl.compare_cpu_speed:
-        # The CPU path's first fit pays one-off costs (numba's compiled loops); time it warm.
+        # The CPU path's first fit pays torch's one-off costs; time it warm too.
         seconds, ref, _ = timed_call(lambda: MeanShift(**ref_params).fit(X), torch.device("cpu"))
         record["cpu_first_fit_s"] = seconds
         save()

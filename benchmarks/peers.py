@@ -299,8 +299,8 @@ def all_methods() -> list[Method]:
     for kernel in ("flat", "gaussian"):
         for neighbors in NEIGHBOR_METHODS:
             methods.append(Method(f"ours {kernel} {neighbors}", "ours", kernel, _ours(kernel, neighbors)))
-    # The grid's flat step runs as row prefix sums in 1-D to 3-D (compiled with
-    # numba when installed); these rows keep the batched per-cell step and the
+    # The grid's flat step runs as row prefix sums in 1-D to 3-D (the compiled
+    # C loop on the CPU); these rows keep the batched per-cell step and the
     # torch row sums, to show what each brings.
     fit = _ours("flat", "grid", neighbor_options={"row_sums": False})
     methods.append(Method("ours flat grid batched", "ours", "flat", fit))

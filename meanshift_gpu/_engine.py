@@ -425,8 +425,8 @@ def merge_modes(
     descending, and each kept mode removes every later one within distance 1
     (inclusive).  Returns the kept modes in that order.
 
-    ``grid``: look for kept modes on a hash grid (:mod:`meanshift_gpu._merge_compiled`;
-    CPU, 1 to 3 features, numba) instead of comparing with all of them;
+    ``grid``: look for kept modes on a hash grid (:func:`meanshift_gpu._compiled.keep_separated_modes`;
+    CPU, 1 to 3 features, the C extension) instead of comparing with all of them;
     "auto" does so from ``_MERGE_GRID_MIN`` candidates.  Same result.
     """
     valid = torch.isfinite(intensity)
@@ -472,17 +472,17 @@ def _merge_on_grid(candidates: torch.Tensor, grid: bool | str) -> torch.Tensor |
         return None
     if candidates.device.type != "cpu" or not 1 <= d <= EXACT_DIFFERENCE_MAX_FEATURES:
         return None
-    try:
-        from ._merge_compiled import CELL_SIDE, keep_separated_modes
-    except Exception:  # no usable numba: the blockwise comparison
+    from ._compiled import MERGE_CELL_SIDE, keep_separated_modes, unavailable
+
+    if unavailable() is not None:  # no C extension: the blockwise comparison
         return None
-    if float(candidates.abs().max()) / CELL_SIDE >= 2.0**60:  # cells beyond int64
+    if float(candidates.abs().max()) / MERGE_CELL_SIDE >= 2.0**60:  # cells beyond int64
         return None
     return torch.from_numpy(keep_separated_modes(candidates.contiguous().numpy()))
 
 
 # From this many centers, labels come from a hash grid of centers (CPU,
-# d <= 3, numba) rather than from every point-center distance.
+# d <= 3, C extension) rather than from every point-center distance.
 _LABEL_GRID_MIN_CENTERS = 256
 _LABEL_GRID_MAX_RING = 4
 
@@ -499,9 +499,9 @@ def _nearest_on_grid(points: torch.Tensor, centers: torch.Tensor, force: bool = 
         return None
     if points.device.type != "cpu" or not 1 <= d <= EXACT_DIFFERENCE_MAX_FEATURES or points.dtype != centers.dtype:
         return None
-    try:
-        from ._merge_compiled import nearest_on_grid
-    except Exception:  # no usable numba
+    from ._compiled import nearest_on_grid, unavailable
+
+    if unavailable() is not None:  # no C extension: the dense search
         return None
     extent = (centers.amax(0) - centers.amin(0)).double().clamp_min(1.0)
     side = max(1.0, float(extent.prod() / n_centers) ** (1.0 / d))

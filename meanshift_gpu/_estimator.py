@@ -26,6 +26,7 @@ from ._neighbors import (
 from ._grid import GridIndex
 from ._reference import KERNELS
 from ._seeding import bin_seeds
+from ._threads import ascent_threads, split_across_threads, usable_threads
 from ._validation import (
     as_tensor,
     check_bandwidth_value,
@@ -159,8 +160,8 @@ class MeanShift(ClusterMixin, BaseEstimator):
         (seed-point pairs held at once, 2**22); grid ``row_sums`` ("auto",
         True or False: the flat kernel's exact step from running sums over
         rows of fine cells, d <= 3) and ``compiled`` ("auto", True or False:
-        run those sums as a compiled CPU loop; needs numba, which "auto"
-        uses when installed and the data are on the CPU); ``cells_per_reach``
+        run those sums as a compiled CPU loop, the C extension built at
+        install, which "auto" uses for data on the CPU); ``cells_per_reach``
         ("auto" or 1 to 8: the grid's cells per kernel reach when the fused
         Triton ascent reads it as ranges of cell-sorted points; "auto" is 2
         in 1-3 D and 1 above).
@@ -185,7 +186,8 @@ class MeanShift(ClusterMixin, BaseEstimator):
         ``dtype`` (the compute dtype: the input's float dtype, so float64
         data are computed in float64 on the GPU too), ``backend``,
         ``neighbors`` and ``ascent`` (``"fused (...)"``: the device-resident
-        Triton loop; ``"host loop (why)"`` otherwise).
+        Triton loop; ``"host loop (why)"`` otherwise) and ``threads`` (on
+        the CPU: the threads that take pieces of each step; None elsewhere).
     n_features_in_ : int
         Number of features seen during fit.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -519,7 +521,9 @@ def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
                 dense_step=config.backend.step, blocked_step=config.backend.blocked_step,
                 grid=grid[0] if grid else None,
             )
-            ascent = _engine.ascend_seeds(seeds_scaled, scaled, weights, config, pruner.step)
+            with ascent_threads(device) as threads:
+                step = pruner.step if pruner.threaded else split_across_threads(pruner.step, threads)
+                ascent = _engine.ascend_seeds(seeds_scaled, scaled, weights, config, step)
         config.log(f"ascent: {ascent_info}")
         modes_at = scaled
     centers = _engine.merge_modes(ascent.positions, ascent.log_density)
@@ -543,6 +547,8 @@ def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
             "backend": config.backend.name,
             "neighbors": method,
             "ascent": ascent_info,
+            # CPU: threads taking pieces of each step (torch itself on one during the ascent).
+            "threads": usable_threads() if device.type == "cpu" else None,
         },
     )
 

@@ -14,8 +14,8 @@ any set of seeds.  Methods:
     the flat kernel in 1-D to 3-D (option ``row_sums="auto"``) the step runs
     as running sums over rows of fine cells instead
     (:mod:`meanshift_gpu._rowsum`): only the points near each window's edge
-    are tested one by one.  On the CPU with numba installed that is a
-    compiled loop (option ``compiled="auto"``); otherwise torch, in 1-D and
+    are tested one by one.  On the CPU that is a compiled loop (the C
+    extension, option ``compiled="auto"``); otherwise torch, in 1-D and
     2-D only, for windows of ~400 points or more.
 ``"lsh"``
     Locality-sensitive hashing in torch: ``n_tables`` tables of ``n_bits``
@@ -42,7 +42,8 @@ pairs <= 2.5e7 (CPU;     dense: the fused pass is already fast and exact
 4e6 for d <= 2 and an
 exact grid, and for the
 flat kernel in 3-D with
-numba), 2e10 (CUDA)
+the C extension),
+2e10 (CUDA)
 n_features <= 6          grid, unless a grid neighbourhood would hold more than
                          a third of the data (huge bandwidths), then dense
 otherwise                dense (LSH and faiss are approximate: ask for them)
@@ -80,7 +81,7 @@ DEFAULT_OPTIONS = {
     "nprobe": None,  # faiss IVF cells probed (None: nlist // 4, at least 16)
     "max_pairs": 1 << 22,  # seed-point pairs held at once by the candidate step
     "row_sums": "auto",  # grid, flat kernel, d <= 3: prefix sums over rows of fine cells
-    "compiled": "auto",  # row sums on the CPU as a compiled loop (numba) instead of torch
+    "compiled": "auto",  # row sums on the CPU as a compiled loop (C extension) instead of torch
     "cells_per_reach": "auto",  # grid on the fused Triton ascent: cells per reach (2 in 1-3 D, else 1)
 }
 
@@ -103,7 +104,7 @@ _COMPILED_ROW_CELLS = {
     2: ((2500, 1), (8000, 2), (50000, 4), (math.inf, 8)),
     3: ((5000, 1), (30000, 2), (math.inf, 4)),
 }
-# The compiled row sums (numba, CPU) also take 3-D, and beat the batched grid
+# The compiled row sums (C extension, CPU) also take 3-D, and beat the batched grid
 # at every window size measured (2-D: 6x at 10 points per window, 20x at 800;
 # 3-D: even at 10 points, 13x at 560).
 _ROW_SUMS_AUTO_MAX_FEATURES_COMPILED = 3
@@ -280,6 +281,8 @@ class Pruner:
     method: str
     step: Callable[[torch.Tensor, str, Blocks], StepResult]
     candidates: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    # The step spreads its own work over the CPU threads (the compiled row sums).
+    threaded: bool = False
 
 
 class _LSHIndex:
@@ -435,9 +438,9 @@ def row_cells(n_features: int, window: float, compiled: bool = False) -> int:
 
 
 def _use_compiled(choice, device: torch.device) -> bool:
-    """Whether row sums run as the compiled CPU loop (:mod:`meanshift_gpu._rowsum_compiled`).
+    """Whether row sums run as the compiled CPU loop (:mod:`meanshift_gpu._compiled`).
 
-    "auto" takes it whenever numba imports and the data are on the CPU; the
+    "auto" takes it whenever the C extension loads and the data are on the CPU; the
     torch version is the fallback, and the one used on GPUs.
     """
     if choice is False:
@@ -540,7 +543,7 @@ def build_pruner(
                 def row_sum_step(seeds, k, blocks):
                     return rowsum_step(seeds, rows, max_pairs=pair_budget(options["max_pairs"], blocks))
 
-            return Pruner("grid", row_sum_step, None)
+            return Pruner("grid", row_sum_step, None, threaded=compiled)
         index = grid_index()
 
         def grid_step(seeds, k, blocks):

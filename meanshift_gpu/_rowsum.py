@@ -35,7 +35,7 @@ the last place of the largest key, so the search's rounding only moves points
 from the interior into the tested band, never out of both.
 
 :func:`compiled_rowsum_step` runs the same step as a compiled CPU loop
-(numba, :mod:`meanshift_gpu._rowsum_compiled`) on the same index: it walks
+(the C extension, :mod:`meanshift_gpu._compiled`) on the same index: it walks
 each seed group's rows instead of materialising (seed, row) and (seed, point)
 pairs, and its results equal :func:`rowsum_step`'s bit for bit.
 """
@@ -45,7 +45,6 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -313,20 +312,17 @@ def _test_band(seeds, index, acc, starts, lengths, owners) -> None:
 def compiled_unavailable() -> str | None:
     """None when the compiled row sums can run, else a sentence saying why not.
 
-    Importing :mod:`meanshift_gpu._rowsum_compiled` imports numba and sets up
-    its on-disk cache, so a missing or broken numba, or a cache it cannot
-    place, shows here rather than in the middle of a fit.
+    They live in the ``meanshift_gpu._native`` C extension, built when the
+    package is installed; see :func:`meanshift_gpu._compiled.unavailable`.
 
     Examples
     --------
-    >>> compiled_unavailable() is None or "numba" in compiled_unavailable()
+    >>> compiled_unavailable() is None or "C extension" in compiled_unavailable()
     True
     """
-    try:
-        from . import _rowsum_compiled  # noqa: F401
-    except Exception as exc:  # ImportError, a broken install, or no cache locator
-        return f"numba is not usable here ({type(exc).__name__}: {exc}); pip install numba"
-    return None
+    from ._compiled import unavailable
+
+    return unavailable()
 
 
 def compiled_rowsum_step(seeds: torch.Tensor, index: RowSumIndex, shared_radius: float | None = None) -> StepResult:
@@ -360,7 +356,7 @@ def compiled_rowsum_step(seeds: torch.Tensor, index: RowSumIndex, shared_radius:
         raise ValueError(
             "the compiled row sums run on the CPU; use neighbor_options={'compiled': False} on other devices"
         )
-    from ._rowsum_compiled import accumulate_groups, split_groups
+    from ._compiled import RowSumArgs, rowsum_accumulate, split_groups
 
     tables = _tables(index)
     shared_radius = SHARED_RADIUS.get(seeds.shape[1], 0.0) if shared_radius is None else shared_radius
@@ -370,12 +366,18 @@ def compiled_rowsum_step(seeds: torch.Tensor, index: RowSumIndex, shared_radius:
         order, keys, codes, top_bit = _compact_order(ordered.to(torch.float64), index_)
         groups = split_groups(keys, codes, top_bit, _GROUP_SEEDS)
         compact = torch.from_numpy(order)
-        q = ordered[compact].to(torch.float64).contiguous()
-        arguments = (q.numpy(), ordered[compact].contiguous().numpy(), groups)
+        q = ordered[compact].to(torch.float64).contiguous().numpy()
+        own = ordered[compact].contiguous().numpy()
         sums = torch.zeros_like(acc)
-        constants = (*tables, int(index_.m), float(_INTERIOR_MARGIN), float(shared_radius),
-                     index_.weights is None, sums.numpy())
-        _run_in_threads(lambda g0, g1: accumulate_groups(*arguments, g0, g1, *constants), groups)
+        acc_array = sums.numpy()
+        args = RowSumArgs(
+            d=own.shape[1], m=int(index_.m), n_rows=tables["row_keys"].shape[0], longest_row=tables["longest_row"],
+            n_points=tables["first"].shape[0], margin=_INTERIOR_MARGIN, shared_radius=float(shared_radius), q=q.ctypes.data, seeds=own.ctypes.data,
+            group_starts=groups.ctypes.data, acc=acc_array.ctypes.data,
+            **{name: array.ctypes.data for name, array in tables.items() if name != "longest_row"},
+        )
+        n_threads, pieces = _pieces(groups)
+        rowsum_accumulate(args, own.dtype == np.float64, pieces, n_threads)
         acc[compact] = sums
 
     return _step(seeds, index, accumulate, max_pairs=None)
@@ -383,19 +385,16 @@ def compiled_rowsum_step(seeds: torch.Tensor, index: RowSumIndex, shared_radius:
 
 # Seeds stepped together over each row: enough to reuse the row's cache
 # lines, and to share the work of a crowded group, many times; few enough
-# to leave work for every thread and keep groups compact.  A 200k-point 3-D
-# all-seeds fit (1 thread) took 11.7 s with 64, 9.6 s with 256, 11.4 s with 1024.
+# to leave work for every thread and keep groups compact (measurements:
+# benchmarks/README.md, "Tuning history").
 _GROUP_SEEDS = 256
-# Groups within this radius (bandwidths) share their rows' work (see
-# _rowsum_compiled.shared_row_sums): only a shell of width 2 r is then tested
-# seed by seed (two seeds per pass over it), against a band of up to the
-# whole window otherwise.  2-D rows are thin strips, so a seed's own band is
-# narrow: 0.1, 0.25 and 0.5 were within noise of each other on a 200k fit.
-# 3-D rows are wide columns: sharing won even for loose groups (2 CPU cores,
-# float32, all seeds; r = 0.25 / 2): 10 blobs, 10**6 points, h = 1.5: 40 /
-# 37 s; 200k points, h = 0.5: 14.7 / 10.3 s; 200k uniform points, 13 per
-# window: 16.3 / 14.5 s.  The cap keeps a long thin group (sparse data) from
-# testing a whole run of its column seed by seed.
+# Groups within this radius (bandwidths) share their rows' work
+# (shared_row_sums in _native_rowsum.h): only a shell of width 2 r is then
+# tested seed by seed, against a band of up to the whole window otherwise.
+# 2-D rows are thin strips, so a seed's own band is narrow and sharing gains
+# little; 3-D rows are wide columns, where sharing wins even for loose groups.
+# The cap keeps a long thin group (sparse data) from testing a whole run of
+# its column seed by seed.
 SHARED_RADIUS = {2: 0.25, 3: 2.0}
 _MORTON_BITS = {1: 62, 2: 31, 3: 21}
 
@@ -404,7 +403,7 @@ def _compact_order(q: torch.Tensor, index: RowSumIndex) -> tuple[np.ndarray, np.
     """Seeds ordered by their own row cell, then along a Morton (Z-order) curve.
 
     Returns the order; in that order, the own row keys and Morton codes; and
-    the codes' top bit (for ``_rowsum_compiled.split_groups``: all seeds of a
+    the codes' top bit (for :func:`meanshift_gpu._compiled.split_groups`: all seeds of a
     group share their row cell, so they have the same rows around them, and
     fit in a small box).  One sort of a 63-bit (run of the row cell, code)
     key, in torch: ``np.lexsort`` on the two took 0.25 s per step at 10**6
@@ -454,37 +453,36 @@ _SPREAD_MASKS = {
 
 
 _SEEDS_PER_THREAD = 2048
+# Pieces per thread: threads take them one by one from a shared counter, so
+# uneven groups (a crowded group that shares its rows costs a fraction of a
+# loose one) and a core shared with another process even out.
+_PIECES_PER_THREAD = 16
 
 
-def _run_in_threads(run, group_starts) -> None:
-    """``run(g0, g1)`` over all groups, split across ``torch.get_num_threads()`` Python threads.
+def _pieces(group_starts: np.ndarray) -> tuple[int, np.ndarray]:
+    """Threads for the compiled step, and bounds of pieces of groups cut at about equal seed counts."""
+    from ._threads import usable_threads
 
-    The kernel releases the GIL (``nogil``), so plain threads run it in
-    parallel.  numba's own ``parallel=True`` is not used: its OpenMP layer
-    made torch's operations ~8x slower for the rest of the process (measured:
-    a 50k argsort went from 5 ms to 40 ms), and its workqueue layer cannot be
-    entered from two threads at once.
-    """
     n_groups = group_starts.shape[0] - 1
-    # Starting threads costs ~0.1 ms: small batches of seeds run in this one.
-    threads = max(1, min(torch.get_num_threads(), n_groups, int(group_starts[-1]) // _SEEDS_PER_THREAD))
+    # Starting a thread costs ~0.1 ms: small batches of seeds run in one.
+    threads = max(1, min(usable_threads(), n_groups, int(group_starts[-1]) // _SEEDS_PER_THREAD))
     if threads == 1:
-        run(0, n_groups)
-        return
-    # Many pieces per thread, cut at equal seed counts, even out uneven groups
-    # (a crowded group that shares its rows costs a fraction of a loose one).
-    pieces = np.searchsorted(group_starts, np.linspace(0, group_starts[-1], 16 * threads + 1)[1:-1])
-    bounds = [0, *sorted(set(int(b) for b in pieces) - {0, n_groups}), n_groups]
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="meanshift-rowsum") as pool:
-        for future in [pool.submit(run, a, b) for a, b in zip(bounds[:-1], bounds[1:])]:
-            future.result()
+        return 1, np.array([0, n_groups], dtype=np.int64)
+    cuts = np.searchsorted(group_starts, np.linspace(0, group_starts[-1], _PIECES_PER_THREAD * threads + 1)[1:-1])
+    bounds = [0, *sorted(set(int(b) for b in cuts) - {0, n_groups}), n_groups]
+    return threads, np.array(bounds, dtype=np.int64)
 
 
-def _tables(index: RowSumIndex) -> tuple:
-    """The index's arrays as numpy views (shared memory), in the kernel's argument order."""
-    arrays = (index.row_keys, index.row_bounds, index.first_coordinate, *index.feature_major, index.prefix,
-              index.origin, index.strides, index.cell_lo, index.cell_hi)
-    return tuple(a.contiguous().numpy() for a in arrays)
+def _tables(index: RowSumIndex) -> dict:
+    """The index's arrays as contiguous numpy views (shared memory), by their name in ``RowSumArgs``."""
+    coords, sums = index.feature_major
+    arrays = {"row_keys": index.row_keys, "row_bounds": index.row_bounds, "first": index.first_coordinate,
+              "coords": coords, "sums": sums, "prefix": index.prefix, "origin": index.origin,
+              "strides": index.strides, "cell_lo": index.cell_lo, "cell_hi": index.cell_hi}
+    tables = {name: a.contiguous().numpy() for name, a in arrays.items()}
+    bounds = tables["row_bounds"]
+    tables["longest_row"] = int(np.max(bounds[1:] - bounds[:-1])) if bounds.shape[0] > 1 else 0
+    return tables
 
 
 def _summands(z: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, float, float]:

@@ -175,6 +175,19 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
         self.bandwidth_n_samples = bandwidth_n_samples
         self.random_state = random_state
 
+    def __getstate__(self):
+        """Pickle without the client: a connection to a running cluster cannot be saved.
+
+        The unpickled estimator has ``client=None`` (a later ``fit`` uses the
+        default client); its fitted attributes are all there, and ``predict``
+        needs no cluster.
+        """
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        if state.get("client") is not None:
+            state["client"] = None
+        return state
+
     # ------------------------------------------------------------------ fitting
     def fit(self, X, y=None, sample_weight=None):
         """Cluster ``X`` on the cluster.
@@ -238,8 +251,9 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
             from ._validation import check_sample_weight
 
             weights = check_sample_weight(sample_weight, X.shape[0], torch.device("cpu"), dtype)
-        # The same offset as the single-machine fit on the CPU (same reduction).
-        offset = data.mean(0)
+        # The same offset as the single-machine fit (the median: one far outlier
+        # cannot move it, so the clusters keep their precision once centred).
+        offset = data.median(0).values
         bandwidth = self._bandwidth_from_sample(X, data, weights, effective_sample_size(X.shape[0], weights))
         plan, stats = self._plan(
             client, bandwidth, offset.numpy(), dtype, data.shape[1],
@@ -314,7 +328,7 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
             weights_da = weights_da.astype(X.dtype).rechunk((X.chunks[0],))
         dtype = compute_dtype(X.dtype)
         X = client.persist(X)
-        checks = [X.astype(np.float64).mean(0), X.min(0), X.max(0), da.isfinite(X).all()]
+        checks = [X.min(0), X.max(0), da.isfinite(X).all()]
         if weights_da is not None:
             weights_da = client.persist(weights_da)
             checks += [
@@ -323,11 +337,11 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
                 weights_da.astype(np.float64).sum(), (weights_da.astype(np.float64) ** 2).sum(),
             ]
         results = client.compute(checks, sync=True)
-        mean64, mins, maxs, finite = results[:4]
+        mins, maxs, finite = results[:3]
         if not finite:
             raise ValueError("Input X contains NaN or infinity.")
         if weights_da is not None:
-            w_finite, w_negative, w_positive, w_ones, w_sum, w_sq = results[4:]
+            w_finite, w_negative, w_positive, w_ones, w_sum, w_sq = results[3:]
             if not w_finite:
                 raise ValueError("sample_weight contains NaN or infinity")
             if w_negative:
@@ -337,7 +351,6 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
             if w_ones:
                 weights_da = None
         n_eff = float(n) if weights_da is None else float(w_sum) ** 2 / float(w_sq)
-        offset = torch.as_tensor(np.asarray(mean64)).to(dtype)
 
         # A uniform sample (all points when few) for the bandwidth and the boundaries.
         k = min(n, int(self.bandwidth_n_samples))
@@ -350,6 +363,10 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
         if weights_da is not None:
             sample_w = torch.as_tensor(client.compute(weights_da[idx], sync=True)).to(dtype)
         sample = torch.as_tensor(np.ascontiguousarray(sample_np)).to(dtype)
+        # Centred on the sample's median (the whole median would cost a pass
+        # over the array): like the single-machine fit, a few far outliers
+        # cannot drag it away from the clusters, whose precision it keeps.
+        offset = sample.median(0).values
         bandwidth = self._bandwidth_from_sample(sample_np, sample, sample_w, n_eff)
         plan, stats = self._plan(
             client, bandwidth, offset.numpy(), dtype, d,

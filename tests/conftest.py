@@ -11,7 +11,7 @@ Devices.  Every test that fits or computes says which device it checks:
   ``torch.cuda.is_available()``.  Behaviour that must hold on every device
   (scikit-learn parity, fitted attributes, invariances, error messages) is
   written this way; on a machine without a GPU it adds nothing.
-- CPU-only behaviour (numba compiled paths, the hash-grid merge, dask, the
+- CPU-only behaviour (the compiled C loops, the hash-grid merge, dask, the
   nodule example, CPU tile sizes, Triton under its interpreter) passes
   ``device="cpu"`` or CPU tensors explicitly.
 - GPU-only tests carry the ``cuda`` marker and are skipped, with the reason,

@@ -106,3 +106,23 @@ def test_all_seeds_benchmark_runs_and_reports_measured_fits(tmp_path):
     # Same algorithm, same seeds: our bin seeding is scikit-learn's.
     assert rows[1]["ari_sklearn_bin_seeding"] == 1.0 and rows[1]["clusters"] == rows[2]["clusters"]
     assert rows[1]["center_gap_vs_sklearn"] < 1e-3 and rows[2]["center_gap_vs_sklearn"] == 0.0
+
+
+def test_first_fit_benchmark_measures_a_cold_process_and_writes_both_reports(tmp_path):
+    """Device: CPU.  The smoke run: one small case in a fresh process with empty compile caches."""
+    cmd = [sys.executable, "-m", "benchmarks", "first-fit", "--smoke", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    result = json.loads((tmp_path / "first_fit.json").read_text())
+    (row,) = result["cases"]
+    assert row["first_fit_s"] > 0 and row["warm_fit_s"] > 0 and row["import_s"] > 0
+    assert math.isclose(row["first_minus_warm_s"], row["first_fit_s"] - row["warm_fit_s"])
+    assert row["threads"] >= 1 and "load_ratio_worst" not in row  # --smoke measures no load
+    table = (tmp_path / "first_fit.md").read_text()
+    assert f"{row['first_fit_s']:.3f}" in table and f"{row['warm_fit_s']:.3f}" in table
+
+
+def test_first_fit_benchmark_rejects_zero_repeats(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "first-fit", "--repeats", "0", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--repeats must be at least 1" in proc.stderr

@@ -282,3 +282,30 @@ def test_worker_lost_mid_fit_gives_the_same_result(client, assert_same_clusterin
     assert killed == [True], "no worker was lost during the fit"
     assert model.dask_stats_["rounds"] >= 2
     _assert_like_single_machine(assert_same_clustering, X, model, bandwidth=2.0)
+
+
+def test_fitted_estimator_holding_its_client_pickles(client):
+    """Device: CPU.  The client (a live connection) is dropped; the fitted model survives whole."""
+    import pickle
+
+    X = _straddling(100, 100)
+    model = _fit(client, X, bandwidth=2.0)
+    assert model.client is client
+    copy = pickle.loads(pickle.dumps(model))
+    assert copy.client is None and model.client is client  # the original keeps its client
+    np.testing.assert_array_equal(copy.cluster_centers_, model.cluster_centers_)
+    np.testing.assert_array_equal(copy.predict(X[:50]), model.predict(X[:50]))
+
+
+@pytest.mark.parametrize("dtype, far", [(np.float32, 1e9), (np.float64, 1e15)])
+def test_one_far_outlier_does_not_merge_the_clusters(client, dtype, far):
+    """Device: CPU.  Centred on the median, two tight clusters 0.1 apart keep their precision."""
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal((10.0, 10.0), 0.01, (100, 2)), rng.normal((10.1, 10.0), 0.01, (100, 2)),
+                        [[far, far]]]).astype(dtype)
+    for data in (X, da.from_array(X, chunks=(67, 2))):
+        model = _fit(client, data, bandwidth=0.03)
+        labels = model.labels_.compute() if hasattr(model.labels_, "compute") else model.labels_
+        assert len(model.cluster_centers_) == 3
+        assert len(set(labels[:100])) == 1 and len(set(labels[100:200])) == 1
+        assert len({labels[0], labels[150], labels[200]}) == 3

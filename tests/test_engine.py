@@ -6,7 +6,7 @@ same engine call without the complication under test (tiling, OOM).
 
 Tests that take the ``device`` argument run the engine on tensors of that
 device (CPU, and CUDA where present) with the torch backend; the hash-grid
-merge and labels (numba) and the CPU tile sizes are CPU-only.
+merge and labels (the C extension) and the CPU tile sizes are CPU-only.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from meanshift_gpu import _engine
+from meanshift_gpu import _compiled, _engine
 from meanshift_gpu._backends import Blocks, resolve_backend
 
 CPU = torch.device("cpu")
@@ -77,7 +77,8 @@ def test_merge_modes_matches_sklearns_rule(seed, merge_block, device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n_features", [1, 2, 3])
 def test_merge_on_the_hash_grid_equals_the_blockwise_merge(dtype, n_features):
-    pytest.importorskip("numba")
+    if _compiled.unavailable():
+        pytest.skip(_compiled.unavailable())
     g = torch.Generator().manual_seed(n_features)
     # A lattice of step 1/4 puts many pairs at distance exactly 1 (and at
     # sqrt(1/2), sqrt(5)/4...); near-duplicates 1e-7 apart straddle cells.
@@ -98,7 +99,8 @@ def test_merge_on_the_hash_grid_equals_the_blockwise_merge(dtype, n_features):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n_features", [1, 2, 3])
 def test_labels_from_the_center_grid_equal_the_dense_search(dtype, n_features):
-    pytest.importorskip("numba")
+    if _compiled.unavailable():
+        pytest.skip(_compiled.unavailable())
     from meanshift_gpu._reference import nearest_centers
 
     g = torch.Generator().manual_seed(n_features)

@@ -1,4 +1,4 @@
-"""The compiled row sums (``meanshift_gpu._rowsum_compiled``, numba) against the torch row sums and dense.
+"""The compiled row sums (the ``meanshift_gpu._native`` C extension) against the torch row sums and dense.
 
 CPU only: the compiled loop runs on CPU tensors ("auto" never takes it for
 data on a GPU), so every fit here passes ``device="cpu"``.
@@ -13,7 +13,9 @@ from meanshift_gpu import MeanShift, _neighbors, _rowsum
 from meanshift_gpu._reference import mean_shift_step
 from meanshift_gpu._rowsum import RowSumIndex, compiled_rowsum_step, rowsum_step
 
-pytest.importorskip("numba", reason="the compiled row sums need numba (pip install numba)")
+from meanshift_gpu._compiled import unavailable
+
+pytestmark = pytest.mark.skipif(unavailable() is not None, reason=f"{unavailable()}")
 
 
 def _data(n_features, dtype, seed=0):
@@ -83,7 +85,7 @@ def test_groups_sharing_their_rows_change_no_bit(n_features, dtype, weighted):
 
 
 def test_compact_groups_share_a_row_cell_and_are_small():
-    from meanshift_gpu._rowsum_compiled import split_groups
+    from meanshift_gpu._compiled import split_groups
 
     g = torch.Generator().manual_seed(2)
     # Seeds crowded around two modes, as late in a fit, plus scattered ones.
@@ -123,45 +125,6 @@ def test_spread_bits_interleaves():
         v = torch.randint(0, 2**bits, (200,), generator=g)
         slow = [sum(((int(x) >> k) & 1) << (d * k) for k in range(bits)) for x in v]
         assert _rowsum._spread_bits(v, d).tolist() == slow
-
-
-@pytest.mark.parametrize("n_features", [2, 3])
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("unit", [False, True])
-def test_two_seed_band_test_equals_one_seed_at_a_time(n_features, dtype, unit):
-    from meanshift_gpu._rowsum_compiled import band_sums, band_sums_pair
-
-    rng = np.random.default_rng(1)
-    n = 1000
-    coords = np.zeros((3, n), dtype)
-    coords[:n_features] = np.round(rng.normal(size=(n_features, n)) * 8) / 8  # points on window edges
-    sums = rng.integers(-(2**40), 2**40, size=(4, n))
-    sums[n_features] = 1 if unit else rng.integers(1, 2**20, size=n)
-    for _ in range(50):
-        s, t = (tuple(float(v) for v in np.round(rng.normal(size=3) * 8) / 8) for _ in range(2))
-        s, t = tuple(dtype(v) for v in s), tuple(dtype(v) for v in t)
-        lo, hi = sorted(rng.integers(0, n + 1, size=2))
-        pair = band_sums_pair(lo, hi, n_features, s, t, coords, sums, unit)
-        one = band_sums(lo, hi, n_features, *s, coords, sums, unit)
-        other = band_sums(lo, hi, n_features, *t, coords, sums, unit)
-        assert pair == one + other
-        if dtype is np.float64:  # the band test is the plain formula
-            inside = ((np.array(s)[:n_features, None] - coords[:n_features, lo:hi]) ** 2).sum(0) <= 1.0
-            assert one[n_features] == int(sums[n_features, lo:hi][inside].sum())
-
-
-def test_galloping_searches_equal_numpy_searchsorted():
-    from meanshift_gpu._rowsum_compiled import lower_bound_near, upper_bound_near
-
-    rng = np.random.default_rng(0)
-    values = np.sort(np.round(rng.normal(size=300) * 4) / 4)  # many ties
-    for _ in range(3000):
-        lo, hi = sorted(rng.integers(0, values.size + 1, size=2))
-        target = float(np.round(rng.normal() * 16) / 16)
-        hint = int(rng.integers(-3, values.size + 3))
-        part = values[lo:hi]
-        assert lower_bound_near(values, lo, hi, target, hint) == lo + np.searchsorted(part, target, "left")
-        assert upper_bound_near(values, lo, hi, target, hint) == lo + np.searchsorted(part, target, "right")
 
 
 def test_threads_do_not_change_a_bit():
@@ -244,15 +207,15 @@ def test_sparse_3d_windows_take_the_compiled_row_sums(monkeypatch):
     assert calls
 
 
-def test_without_numba_auto_falls_back_and_true_explains(monkeypatch, assert_same_clustering):
-    monkeypatch.setattr(_neighbors, "compiled_unavailable", lambda: "numba is not importable (test)")
+def test_without_the_extension_auto_falls_back_and_true_explains(monkeypatch, assert_same_clustering):
+    monkeypatch.setattr(_neighbors, "compiled_unavailable", lambda: "the C extension is not built (test)")
     monkeypatch.setattr(_neighbors, "compiled_rowsum_step", lambda *a, **k: pytest.fail("compiled step used"))
     X, _ = make_blobs(300, n_features=3, centers=3, random_state=0)
     fallback = MeanShift(bandwidth=1.0, neighbors="grid", device="cpu").fit(X)
     dense = MeanShift(bandwidth=1.0, neighbors="dense", device="cpu").fit(X)
     assert_same_clustering(dense.cluster_centers_, dense.labels_, fallback.cluster_centers_, fallback.labels_,
                            atol=1e-10, rtol=1e-10)
-    with pytest.raises(RuntimeError, match="numba is not importable"):
+    with pytest.raises(RuntimeError, match="the C extension is not built"):
         MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options={"compiled": True}, device="cpu").fit(X)
 
 

@@ -52,7 +52,7 @@ import torch
 import triton
 import triton.language as tl
 
-from meanshift_gpu._reference import KERNELS
+from meanshift_gpu._reference import KERNELS, flat_edge
 
 from ._tiles import Tile, pick_tile
 
@@ -79,7 +79,7 @@ def _ascent_kernel(
     data_t_ptr, weights_ptr,
     cell_start_ptr, cell_stride_ptr, cell_extent_ptr, grid_lo_ptr,
     n_order, n_points, stride_pos, stride_data,
-    inv_cell, tol, rest_eps, reach2, max_iter,
+    inv_cell, tol, rest_eps, reach2, max_iter, flat_edge,
     N_FEATURES: tl.constexpr, D_PAD: tl.constexpr,
     KERNEL: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
     RANGES: tl.constexpr, WIDEN: tl.constexpr, TRUNCATE: tl.constexpr,
@@ -261,7 +261,7 @@ def _ascent_kernel(
                         a7 = a7 * alpha
             else:
                 if KERNEL == "flat":
-                    p = tl.where(d2 <= 1.0, 1.0, 0.0).to(DTYPE)
+                    p = tl.where(d2 <= flat_edge, 1.0, 0.0).to(DTYPE)
                 else:  # epanechnikov
                     p = tl.maximum(1.0 - d2, 0.0)
                 if HAS_WEIGHTS:
@@ -547,6 +547,7 @@ def ascent_steps(
 
     if tile is None:
         tile = _INTERPRETER_TILE if INTERPRETED else pick_tile("ascent", n_features, kernel, positions.device, dtype)
+    edge = flat_edge()
     if ranges is None:
         dummy_int = order
         cell_args = (dummy_int, dummy_int, dummy_int, positions)
@@ -554,7 +555,8 @@ def ascent_steps(
     else:
         cell_args = (ranges.cell_start, ranges.cell_stride, ranges.extent, ranges.grid_lo)
         inv_cell = 1.0 / ranges.cell_side
-        reach2 = ranges.reach * ranges.reach
+        # The flat window's edge is a rounding beyond 1 (see flat_edge): so is its reach.
+        reach2 = ranges.reach * ranges.reach * (edge if kernel == "flat" else 1.0)
         widen = ranges.cells_per_reach
     meta = dict(
         N_FEATURES=n_features, D_PAD=triton.next_power_of_2(n_features),
@@ -581,7 +583,7 @@ def ascent_steps(
         data_t, data_t if weights is None else weights,
         *cell_args,
         n_order, data_t.shape[1], positions.stride(0), data_t.stride(0),
-        inv_cell, float(tol), rest_eps, reach2, int(max_iter),
+        inv_cell, float(tol), rest_eps, reach2, int(max_iter), edge,
     )
     for _ in range(n_steps):
         _ascent_kernel[grid](*args, **meta)

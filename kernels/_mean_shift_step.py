@@ -77,7 +77,7 @@ from ._common import (
     tiled_row_norms,
 )
 
-KERNELS = ("flat", "gaussian", "epanechnikov")
+from meanshift_gpu._reference import KERNELS, flat_edge  # noqa: E402  (one definition)
 
 # Globals read inside kernels must be tl.constexpr.
 _LN2 = tl.constexpr(0.6931471805599453)
@@ -91,7 +91,7 @@ _INTERPRETER_TILES = {"exact": (32, 64), "dot": (32, 32)}
 
 # ----------------------------------------------------------------------------- device code
 @triton.jit
-def _kernel_weights(d2, w_n, valid_n, m_i, KERNEL: tl.constexpr, HAS_WEIGHTS: tl.constexpr):
+def _kernel_weights(d2, w_n, valid_n, m_i, flat_edge, KERNEL: tl.constexpr, HAS_WEIGHTS: tl.constexpr):
     """Weights ``p`` of one (seeds, points) tile; Gaussian also rescaling state.
 
     Returns ``(p, alpha, m_new)``: for the Gaussian, ``p`` is relative to the
@@ -111,7 +111,7 @@ def _kernel_weights(d2, w_n, valid_n, m_i, KERNEL: tl.constexpr, HAS_WEIGHTS: tl
         p = tl.exp2(logit - shift[:, None])
     else:
         if KERNEL == "flat":
-            p = tl.where(d2 <= 1.0, 1.0, 0.0)
+            p = tl.where(d2 <= flat_edge, 1.0, 0.0)
         else:  # epanechnikov
             p = tl.maximum(1.0 - d2, 0.0)
         if HAS_WEIGHTS:
@@ -148,7 +148,7 @@ def _store_result(
 @triton.jit
 def _step_exact_kernel(
     seeds_ptr, data_ptr, weights_ptr, pos_ptr, logd_ptr,
-    n_seeds, n_points, stride_seed, stride_data, stride_pos,
+    n_seeds, n_points, stride_seed, stride_data, stride_pos, flat_edge,
     N_FEATURES: tl.constexpr, D_PAD: tl.constexpr,
     KERNEL: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -171,7 +171,7 @@ def _step_exact_kernel(
         w_n = offs_n  # placeholder when unweighted (never read)
         if HAS_WEIGHTS:
             w_n = tl.load(weights_ptr + offs_n, mask=valid_n, other=0.0)
-        p, alpha, m_new = _kernel_weights(d2, w_n, valid_n, m_i, KERNEL, HAS_WEIGHTS)
+        p, alpha, m_new = _kernel_weights(d2, w_n, valid_n, m_i, flat_edge, KERNEL, HAS_WEIGHTS)
         if KERNEL == "gaussian":
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None]
@@ -194,7 +194,7 @@ def _step_exact_kernel(
 @triton.jit
 def _step_dot_kernel(
     seeds_ptr, data_ptr, weights_ptr, pos_ptr, logd_ptr,
-    n_seeds, n_points, n_features, stride_seed, stride_data, stride_pos,
+    n_seeds, n_points, n_features, stride_seed, stride_data, stride_pos, flat_edge,
     KERNEL: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
     DROPPED_BITS: tl.constexpr, BF16_DOT: tl.constexpr,
     BLOCK_D: tl.constexpr, D_TILES: tl.constexpr,
@@ -251,7 +251,7 @@ def _step_dot_kernel(
         w_n = offs_n  # placeholder when unweighted (never read)
         if HAS_WEIGHTS:
             w_n = tl.load(weights_ptr + offs_n, mask=valid_n, other=0.0)
-        p, alpha, m_new = _kernel_weights(d2, w_n, valid_n, m_i, KERNEL, HAS_WEIGHTS)
+        p, alpha, m_new = _kernel_weights(d2, w_n, valid_n, m_i, flat_edge, KERNEL, HAS_WEIGHTS)
         # The weight sum uses the same rounded weights as p @ x, so the mean
         # is not biased by the rounding.
         p = round_mantissa(p, DROPPED_BITS)
@@ -377,9 +377,10 @@ def mean_shift_step(
         weights32 = data32  # never read
 
     common = (seeds32, data32, weights32, positions, log_density)
+    edge = flat_edge()  # sklearn's edge, widened by the rounding of the scaled data
     tiles = _choose_tiles(block_seeds, block_points)
     if n_features <= EXACT_MAX_FEATURES:
-        args = (*common, n_seeds, n_points, seeds32.stride(0), data32.stride(0), positions.stride(0))
+        args = (*common, n_seeds, n_points, seeds32.stride(0), data32.stride(0), positions.stride(0), edge)
         meta = dict(
             N_FEATURES=n_features,
             D_PAD=triton.next_power_of_2(n_features),
@@ -400,7 +401,7 @@ def mean_shift_step(
         block_d, d_tiles = feature_tile(n_features)
         args = (
             *common, n_seeds, n_points, n_features,
-            seeds32.stride(0), data32.stride(0), positions.stride(0),
+            seeds32.stride(0), data32.stride(0), positions.stride(0), edge,
         )
         meta = dict(
             KERNEL=kernel,

@@ -32,6 +32,7 @@ class RowSumArgs(ctypes.Structure):
         *[(name, ctypes.c_int64) for name in ("d", "m", "n_rows", "longest_row", "n_points")],
         ("margin", ctypes.c_double),
         ("shared_radius", ctypes.c_double),
+        ("edge", ctypes.c_double),
         *[(name, ctypes.c_void_p) for name in (
             "row_keys", "row_bounds", "first", "coords", "sums", "prefix", "origin", "strides", "cell_lo",
             "cell_hi", "q", "seeds", "group_starts", "acc")],
@@ -57,7 +58,8 @@ def _library():
     lib.rowsum_split_groups.restype = ctypes.c_int64
     for suffix in ("f32", "f64"):
         keep = getattr(lib, f"keep_separated_modes_{suffix}")
-        keep.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c_void_p]
+        keep.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c_double,
+                         ctypes.c_void_p]
         keep.restype = ctypes.c_int
         nearest = getattr(lib, f"nearest_on_grid_{suffix}")
         nearest.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int,
@@ -131,11 +133,12 @@ def _real_suffix(array: np.ndarray) -> str:
     raise TypeError(f"the compiled loops take float32 or float64, got {array.dtype}")
 
 
-def keep_separated_modes(candidates: np.ndarray) -> np.ndarray:
+def keep_separated_modes(candidates: np.ndarray, within: float = 1.0) -> np.ndarray:
     """Which of ``candidates`` (n, d <= 3, in merge order) scikit-learn's merge keeps, as a boolean mask.
 
     Each candidate is kept unless a kept one lies within distance 1 (the
-    dense formula, in the candidates' dtype).  Kept modes are more than 1
+    dense formula, in the candidates' dtype, compared with ``within``: 1 or
+    the flat window's edge).  Kept modes are more than 1
     apart, so a hash-grid cell holds few of them: each candidate looks into
     its own and the adjacent cells only.
 
@@ -148,7 +151,7 @@ def keep_separated_modes(candidates: np.ndarray) -> np.ndarray:
     n, d = candidates.shape
     kept = np.zeros(n, dtype=np.uint8)
     status = getattr(_lib(), f"keep_separated_modes_{_real_suffix(candidates)}")(
-        _pointer(candidates), n, d, MERGE_CELL_SIDE, _pointer(kept))
+        _pointer(candidates), n, d, MERGE_CELL_SIDE, float(within), _pointer(kept))
     if status:
         raise MemoryError(f"no memory for the merge's hash grid of {n} candidates")
     return kept.astype(bool)

@@ -61,6 +61,7 @@ import torch
 
 from . import _engine
 from ._backends import resolve_backend
+from ._reference import using_flat_edge
 from ._neighbors import build_pruner, check_neighbor_options, choose_method, kernel_reach
 from ._grid import GridIndex
 from ._validation import resolve_device
@@ -89,6 +90,8 @@ class Plan:
     neighbors: str
     neighbor_options: dict | None = None
     cluster_all: bool = True
+    # The flat window's edge (see meanshift_gpu._reference.flat_edge_for), set in every worker.
+    flat_edge: float = 1.0
 
     @property
     def n_partitions(self) -> int:
@@ -321,6 +324,11 @@ def ascend_partition(part: dict, batches: list, plan: Plan) -> dict:
     weight (the default seeds).  Returns the finished seeds (deduplicated),
     the leaving seeds grouped by new owner, and counters.
     """
+    with using_flat_edge(plan.flat_edge):
+        return _ascend_partition(part, batches, plan)
+
+
+def _ascend_partition(part: dict, batches: list, plan: Plan) -> dict:
     start = time.perf_counter()
     device = _device(plan)
     dtype = _torch_dtype(plan)
@@ -430,7 +438,8 @@ def label_block(block: np.ndarray, centers: np.ndarray, plan: Plan) -> np.ndarra
     device = _device(plan)
     scaled = _scaled(block, plan, device)
     c = torch.as_tensor(centers).to(device=device, dtype=scaled.dtype)
-    labels = _engine.assign_labels(scaled, c, _config(plan, device), plan.cluster_all)
+    with using_flat_edge(plan.flat_edge):
+        labels = _engine.assign_labels(scaled, c, _config(plan, device), plan.cluster_all)
     return labels.cpu().numpy().astype(np.int64, copy=False)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ._backends import Backend, Blocks
-from ._reference import EXACT_DIFFERENCE_MAX_FEATURES, squared_distances
+from ._reference import EXACT_DIFFERENCE_MAX_FEATURES, flat_edge, squared_distances
 
 # Pairwise tile on the CPU: ~1M elements keeps a tile in L2/L3 cache, which on
 # 2 cores beat larger tiles by 2-3x in our measurements.
@@ -442,17 +442,19 @@ def merge_modes(
     if grid_kept is not None:
         return candidates[grid_kept]
 
+    # scikit-learn merges modes within the bandwidth, edge included (see flat_edge).
+    edge = flat_edge()
     kept = candidates[:0]
     for c0 in range(0, candidates.shape[0], merge_block):
         block = candidates[c0 : c0 + merge_block]
         if kept.shape[0]:
             covered = torch.zeros(block.shape[0], dtype=torch.bool, device=block.device)
             for k0 in range(0, kept.shape[0], merge_block):
-                covered |= (squared_distances(block, kept[k0 : k0 + merge_block]) <= 1.0).any(1)
+                covered |= (squared_distances(block, kept[k0 : k0 + merge_block], edge) <= edge).any(1)
             block = block[~covered]
         if not block.shape[0]:
             continue
-        near = (squared_distances(block, block) <= 1.0).cpu().numpy()
+        near = (squared_distances(block, block, edge) <= edge).cpu().numpy()
         alive = np.ones(block.shape[0], dtype=bool)
         for i in range(block.shape[0]):
             if alive[i]:
@@ -478,7 +480,7 @@ def _merge_on_grid(candidates: torch.Tensor, grid: bool | str) -> torch.Tensor |
         return None
     if float(candidates.abs().max()) / MERGE_CELL_SIDE >= 2.0**60:  # cells beyond int64
         return None
-    return torch.from_numpy(keep_separated_modes(candidates.contiguous().numpy()))
+    return torch.from_numpy(keep_separated_modes(candidates.contiguous().numpy(), flat_edge()))
 
 
 # From this many centers, labels come from a hash grid of centers (CPU,
@@ -522,5 +524,5 @@ def assign_labels(
     else:
         (index, dist2), _ = call_shrinking_on_oom(config.backend.nearest, config, points, centers)
     if not cluster_all:
-        index = torch.where(dist2 <= 1.0, index, torch.full_like(index, -1))
+        index = torch.where(dist2 <= flat_edge(), index, torch.full_like(index, -1))
     return index

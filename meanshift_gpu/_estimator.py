@@ -24,7 +24,7 @@ from ._neighbors import (
     _GRID_MAX_FEATURES, NEIGHBOR_METHODS, build_pruner, check_neighbor_options, choose_method, kernel_reach,
 )
 from ._grid import GridIndex
-from ._reference import KERNELS
+from ._reference import KERNELS, flat_edge, flat_edge_for, typical_extent, using_flat_edge
 from ._seeding import bin_seeds
 from ._threads import ascent_threads, split_across_threads, usable_threads
 from ._validation import (
@@ -475,6 +475,20 @@ def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
             f"{_dtype_name(data.dtype)} (largest |X| = {float(data.abs().max()):.3g}); "
             "rescale X or use a larger bandwidth"
         )
+    # The flat window includes its edge as scikit-learn's does, allowing for
+    # the rounding that the centring and scaling put into the distances.
+    extent = typical_extent(scaled)
+    if seeds is not None and seeds.numel():
+        extent = max(extent, typical_extent((seeds - offset) / scale))
+    with using_flat_edge(flat_edge_for(dtype, n_features, extent)):
+        return _fit_scaled(est, config, data, scaled, weights, seeds, offset, scale, bandwidth, used,
+                           point_bandwidths, device)
+
+
+def _fit_scaled(est, config, data, scaled, weights, seeds, offset, scale, bandwidth, used, point_bandwidths,
+                device) -> _FitResult:
+    n_samples, n_features = data.shape
+    dtype = data.dtype
     options = check_neighbor_options(est.neighbor_options)
     reach = kernel_reach(est.kernel, options)
     if est.algorithm == "blurring":
@@ -547,6 +561,8 @@ def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
             "backend": config.backend.name,
             "neighbors": method,
             "ascent": ascent_info,
+            # The flat window's edge on squared scaled distances (1 plus the scaling's rounding).
+            "flat_edge": flat_edge(),
             # CPU: threads taking pieces of each step (torch itself on one during the ascent).
             "threads": usable_threads() if device.type == "cpu" else None,
         },

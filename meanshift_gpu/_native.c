@@ -47,6 +47,7 @@
 typedef struct {
     int64_t d, m, n_rows, longest_row, n_points;
     double margin, shared_radius;
+    double edge; /* the flat window's edge on squared distances (1 plus rounding) */
     const int64_t *row_keys, *row_bounds;
     const double *first;
     const void *coords; /* (d, n_points), the seeds' dtype */
@@ -62,7 +63,7 @@ typedef struct {
 typedef struct {
     int d;
     int64_t m, n_rows;
-    double margin;
+    double margin, edge;
     const int64_t *row_keys, *row_bounds, *prefix, *origin, *strides, *cell_lo, *cell_hi;
     const double *first;
     const void *coords[3];
@@ -299,6 +300,7 @@ EXPORT int rowsum_accumulate(const RowSumArgs *args, int is_double, const int64_
     tables.m = args->m;
     tables.n_rows = args->n_rows;
     tables.margin = args->margin;
+    tables.edge = args->edge;
     tables.row_keys = args->row_keys;
     tables.row_bounds = args->row_bounds;
     tables.prefix = args->prefix;

@@ -15,8 +15,8 @@
 /* Sums [w x_0, w x_1, w x_2, w] over the points of [lo, hi) inside the seed's
  * window, tested one by one (d = 1, 2, 3; features beyond d give 0).  A 0/1
  * select rather than a branch: about half of a band is inside. */
-INLINE void FN(band_sums)(int64_t lo, int64_t hi, int d, REAL s0, REAL s1, REAL s2, const REAL *const *coords,
-                          const int64_t *const *sums, int64_t out[4]) {
+INLINE void FN(band_sums)(int64_t lo, int64_t hi, int d, REAL s0, REAL s1, REAL s2, REAL edge,
+                          const REAL *const *coords, const int64_t *const *sums, int64_t out[4]) {
     int64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
     const REAL *first = coords[0];
     const int64_t *w0 = sums[0], *w1 = sums[1];
@@ -25,7 +25,7 @@ INLINE void FN(band_sums)(int64_t lo, int64_t hi, int d, REAL s0, REAL s1, REAL 
         const int64_t *count = w1;
         for (int64_t p = lo; p < hi; p++) {
             REAL diff = s0 - first[p];
-            int64_t inside = -(int64_t)(diff * diff <= (REAL)1.0);
+            int64_t inside = -(int64_t)(diff * diff <= edge);
             a0 += w0[p] & inside;
             a1 += count[p] & inside;
         }
@@ -37,7 +37,7 @@ INLINE void FN(band_sums)(int64_t lo, int64_t hi, int d, REAL s0, REAL s1, REAL 
             REAL d2 = diff * diff;
             diff = s1 - second[p];
             d2 += diff * diff;
-            int64_t inside = -(int64_t)(d2 <= (REAL)1.0);
+            int64_t inside = -(int64_t)(d2 <= edge);
             a0 += w0[p] & inside;
             a1 += w1[p] & inside;
             a2 += count[p] & inside;
@@ -52,7 +52,7 @@ INLINE void FN(band_sums)(int64_t lo, int64_t hi, int d, REAL s0, REAL s1, REAL 
             d2 += diff * diff;
             diff = s2 - third[p];
             d2 += diff * diff;
-            int64_t inside = -(int64_t)(d2 <= (REAL)1.0);
+            int64_t inside = -(int64_t)(d2 <= edge);
             a0 += w0[p] & inside;
             a1 += w1[p] & inside;
             a2 += w2[p] & inside;
@@ -67,7 +67,7 @@ INLINE void FN(band_sums)(int64_t lo, int64_t hi, int d, REAL s0, REAL s1, REAL 
 
 /* band_sums for two seeds at once (d = 2 or 3): each point is loaded once for
  * both, the shared shell's test being bound by loads. */
-INLINE void FN(band_sums_pair)(int64_t lo, int64_t hi, int d, const REAL s[3], const REAL t[3],
+INLINE void FN(band_sums_pair)(int64_t lo, int64_t hi, int d, const REAL s[3], const REAL t[3], REAL edge,
                                const REAL *const *coords, const int64_t *const *sums, int64_t a[4],
                                int64_t b[4]) {
     int64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
@@ -85,7 +85,7 @@ INLINE void FN(band_sums_pair)(int64_t lo, int64_t hi, int d, const REAL s[3], c
             REAL dt = diff * diff;
             diff = t[1] - y;
             dt += diff * diff;
-            int64_t in_s = -(int64_t)(ds <= (REAL)1.0), in_t = -(int64_t)(dt <= (REAL)1.0);
+            int64_t in_s = -(int64_t)(ds <= edge), in_t = -(int64_t)(dt <= edge);
             int64_t u0 = w0[p], u1 = w1[p];
             a0 += u0 & in_s;
             a1 += u1 & in_s;
@@ -111,7 +111,7 @@ INLINE void FN(band_sums_pair)(int64_t lo, int64_t hi, int d, const REAL s[3], c
             dt += diff * diff;
             diff = t[2] - z;
             dt += diff * diff;
-            int64_t in_s = -(int64_t)(ds <= (REAL)1.0), in_t = -(int64_t)(dt <= (REAL)1.0);
+            int64_t in_s = -(int64_t)(ds <= edge), in_t = -(int64_t)(dt <= edge);
             int64_t u0 = w0[p], u1 = w1[p], u2 = w2[p];
             a0 += u0 & in_s;
             a1 += u1 & in_s;
@@ -150,8 +150,8 @@ INLINE void FN(row_sums)(const RowSumTables *t, double q0, REAL s0, REAL s1, REA
         hints[2] = lo_in, hints[3] = hi_in;
     }
     int64_t a[4], b[4];
-    FN(band_sums)(lo_out, lo_in, d, s0, s1, s2, coords, t->sums, a);
-    FN(band_sums)(hi_in, hi_out, d, s0, s1, s2, coords, t->sums, b);
+    FN(band_sums)(lo_out, lo_in, d, s0, s1, s2, (REAL)t->edge, coords, t->sums, a);
+    FN(band_sums)(hi_in, hi_out, d, s0, s1, s2, (REAL)t->edge, coords, t->sums, b);
     for (int k = 0; k < 4; k++) acc4[k] = a[k] + b[k];
     if (hi_in > lo_in) {
         const int64_t *p_hi = t->prefix + hi_in * (d + 1), *p_lo = t->prefix + lo_in * (d + 1);
@@ -258,7 +258,7 @@ INLINE void FN(shared_row_sums)(const RowSumTables *t, const GroupCall *g, int64
         REAL s[3] = {seeds[i * d], seeds[i * d + 1], d == 3 ? seeds[i * d + 2] : seeds[i * d]};
         REAL u[3] = {seeds[(i + 1) * d], seeds[(i + 1) * d + 1], d == 3 ? seeds[(i + 1) * d + 2] : seeds[(i + 1) * d]};
         int64_t a[4], b[4];
-        FN(band_sums_pair)(0, k, d, s, u, (const REAL *const *)shell, (const int64_t *const *)shell_sums, a, b);
+        FN(band_sums_pair)(0, k, d, s, u, (REAL)t->edge, (const REAL *const *)shell, (const int64_t *const *)shell_sums, a, b);
         for (int f = 0; f < width; f++) {
             acc[i * width + f] += common[f] + a[f];
             acc[(i + 1) * width + f] += common[f] + b[f];
@@ -267,7 +267,7 @@ INLINE void FN(shared_row_sums)(const RowSumTables *t, const GroupCall *g, int64
     if (i < i1) {
         REAL s0 = seeds[i * d], s1 = seeds[i * d + 1], s2 = d == 3 ? seeds[i * d + 2] : s0;
         int64_t a[4];
-        FN(band_sums)(0, k, d, s0, s1, s2, (const REAL *const *)shell, (const int64_t *const *)shell_sums, a);
+        FN(band_sums)(0, k, d, s0, s1, s2, (REAL)t->edge, (const REAL *const *)shell, (const int64_t *const *)shell_sums, a);
         for (int f = 0; f < width; f++) acc[i * width + f] += common[f] + a[f];
     }
 }
@@ -366,10 +366,11 @@ static void FN(cell_of)(const REAL *x, int d, double side, int64_t cell[3]) {
 }
 
 /* Which candidates (n, d <= 3, in merge order) the merge keeps: each unless a
- * kept one lies within distance 1.  Kept modes are more than 1 apart, so a
+ * kept one lies within distance 1 (squared distance <= within: 1 plus rounding).  Kept modes are more than 1 apart, so a
  * cell of side (> 1, so that a pair at rounded distance 1 is never two cells
  * apart) holds few; a candidate looks into its own and the 3**d adjacent cells. */
-EXPORT VECTOR_CLONES int FN(keep_separated_modes)(const REAL *candidates, int64_t n, int d, double side, uint8_t *kept) {
+EXPORT VECTOR_CLONES int FN(keep_separated_modes)(const REAL *candidates, int64_t n, int d, double side, double within,
+                                                 uint8_t *kept) {
     HashLists table;
     if (hash_lists_init(&table, n, n)) return -1;
     int64_t cell[3];
@@ -383,7 +384,7 @@ EXPORT VECTOR_CLONES int FN(keep_separated_modes)(const REAL *candidates, int64_
                 for (int o2 = -reach2; o2 <= reach2 && !covered; o2++) {
                     int64_t j = hash_lists_head(&table, cell_key(cell[0] + o0, cell[1] + o1, cell[2] + o2));
                     for (; j >= 0; j = table.next[j])
-                        if (FN(squared_distance)(c, candidates + j * d, d) <= (REAL)1.0) {
+                        if (FN(squared_distance)(c, candidates + j * d, d) <= (REAL)within) {
                             covered = 1;
                             break;
                         }

@@ -61,7 +61,7 @@ import torch
 
 from ._backends import Blocks
 from ._grid import GridIndex, grid_mean_shift_step
-from ._reference import StepResult
+from ._reference import StepResult, flat_edge
 from ._rowsum import (
     ROW_CELLS, ROWSUM_MAX_FEATURES, RowSumIndex, compiled_rowsum_step, compiled_unavailable, rowsum_step,
 )
@@ -165,8 +165,14 @@ def check_neighbor_options(options: dict | None) -> dict:
 
 
 def kernel_reach(kernel: str, options: dict) -> float:
-    """Distance (in bandwidths) beyond which a point is ignored."""
-    return float(options["truncate"]) if kernel == "gaussian" else 1.0
+    """Distance (in bandwidths) beyond which a point is ignored.
+
+    The flat window reaches its edge, which lies a rounding beyond 1
+    (:func:`meanshift_gpu._reference.flat_edge`).
+    """
+    if kernel == "gaussian":
+        return float(options["truncate"])
+    return math.sqrt(flat_edge()) if kernel == "flat" else 1.0
 
 
 def faiss_unavailable() -> str | None:

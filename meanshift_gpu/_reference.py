@@ -12,7 +12,9 @@ one ``(seed_block, point_block)`` tile.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from typing import NamedTuple
 
 import torch
@@ -25,6 +27,87 @@ KERNELS = ("flat", "gaussian", "epanechnikov")
 # ``|q|^2 - 2 q.x + |x|^2`` (a matmul) is much faster; callers centre the data
 # first so the cancellation error stays small.
 EXACT_DIFFERENCE_MAX_FEATURES = 3
+
+_flat = threading.local()
+
+
+def flat_edge() -> float:
+    """The flat window's edge on squared scaled distances: 1, or the value a fit set (:func:`using_flat_edge`).
+
+    Examples
+    --------
+    >>> flat_edge()
+    1.0
+    """
+    return getattr(_flat, "edge", 1.0)
+
+
+@contextlib.contextmanager
+def using_flat_edge(edge: float):
+    """Within: :func:`flat_edge` is ``edge`` (in this thread; worker threads take it over explicitly).
+
+    Examples
+    --------
+    >>> with using_flat_edge(1.0 + 1e-12):
+    ...     flat_edge() > 1.0
+    True
+    """
+    before = getattr(_flat, "edge", None)
+    _flat.edge = float(edge)
+    try:
+        yield
+    finally:
+        if before is None:
+            del _flat.edge
+        else:
+            _flat.edge = before
+
+
+def typical_extent(scaled: torch.Tensor) -> float:
+    """The size of scaled coordinates that sets the edge's rounding allowance: the 99th
+    percentile of the points' largest coordinates.
+
+    Not the maximum: one far outlier would widen every window by its own
+    rounding; pairs among the farthest 1% are decided by plain rounding.
+
+    Examples
+    --------
+    >>> typical_extent(torch.tensor([[0.5, -2.0], [1.0, 0.0], [1e9, 1e9]]))
+    2.0
+    """
+    if not scaled.numel():
+        return 0.0
+    largest = scaled.abs().amax(1)
+    k = max(1, math.ceil(0.99 * largest.shape[0]))
+    if k >= largest.shape[0] and largest.shape[0] > 1:
+        k = largest.shape[0] - 1
+    return float(largest.kthvalue(k).values)
+
+
+def flat_edge_for(dtype: torch.dtype, n_features: int, extent: float) -> float:
+    """The flat window's edge for data scaled by the bandwidth: ``1`` plus the rounding of the scaling.
+
+    scikit-learn includes a point at distance exactly ``bandwidth``
+    (``sum (x - q)**2 <= bandwidth**2``, exact on integer or quantised data).
+    After centring and dividing by the bandwidth, each coordinate is rounded
+    (by up to half a unit in the last place of its size, ``extent`` being the
+    largest scaled coordinate), and so is each term of the squared distance:
+    a squared distance that is exactly 1 in exact arithmetic can come out a
+    few units above it.  The edge allows for that rounding, and no more: a
+    point counts as inside when its distance is within the rounding of the
+    bandwidth, which on exact data means exactly within it.
+
+    Examples
+    --------
+    >>> 1.0 < flat_edge_for(torch.float64, 2, 4.0) < 1.0 + 1e-13
+    True
+    """
+    eps = torch.finfo(dtype).eps
+    # Each coordinate of a seed and of a point is off by up to eps/2 of the
+    # extent, which moves a squared distance near 1 by up to ~2 sqrt(d) eps
+    # extent; squaring and summing add ~(d + 2) eps/2.  Twice that, for the
+    # means' own rounding.
+    return 1.0 + eps * (4.0 * math.sqrt(n_features) * (1.0 + float(extent)) + 2.0 * (n_features + 2))
 
 
 class StepResult(NamedTuple):
@@ -46,8 +129,15 @@ class StepResult(NamedTuple):
     log_density: torch.Tensor
 
 
-def squared_distances(queries: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances between two point sets, shape (n_q, n_p)."""
+def squared_distances(queries: torch.Tensor, points: torch.Tensor, near: float | None = None) -> torch.Tensor:
+    """Squared Euclidean distances between two point sets, shape (n_q, n_p).
+
+    Up to ``EXACT_DIFFERENCE_MAX_FEATURES`` features they are summed from
+    per-feature differences.  Above, from a matmul; with ``near`` (an edge a
+    caller compares them with), the entries within the matmul's rounding of
+    ``near`` are summed from differences again, so comparisons with the edge
+    are decided as exactly as in few dimensions.
+    """
     n_features = queries.shape[1]
     if n_features <= EXACT_DIFFERENCE_MAX_FEATURES:
         d2 = (queries[:, 0, None] - points[None, :, 0]).square_()
@@ -56,7 +146,35 @@ def squared_distances(queries: torch.Tensor, points: torch.Tensor) -> torch.Tens
         return d2
     d2 = torch.addmm(points.square().sum(1), queries, points.T, alpha=-2.0)
     d2 += queries.square().sum(1, keepdim=True)
-    return d2.clamp_min_(0.0)
+    d2.clamp_min_(0.0)
+    if near is not None:
+        refine_near_edge(d2, queries, points, near)
+    return d2
+
+
+def refine_near_edge(d2: torch.Tensor, queries: torch.Tensor, points: torch.Tensor, edge: float) -> None:
+    """Recompute, from per-feature differences, the entries of matmul distances ``d2`` near ``edge``.
+
+    ``d2`` is (..., s, t) for queries (..., s, d) and points (..., t, d).
+    The matmul form ``|q|^2 - 2 q.x + |x|^2`` is off by up to a few units in
+    the last place of ``(|q| + |x|)**2``; entries within that of the edge are
+    replaced (in place), so that ``d2 <= edge`` is decided by the exact formula.
+    """
+    if not d2.numel():
+        return
+    eps = torch.finfo(d2.dtype).eps
+    largest = float(queries.abs().amax()) + float(points.abs().amax()) if queries.numel() and points.numel() else 0.0
+    reach = 4.0 * (queries.shape[-1] + 3) * eps * (largest * largest * queries.shape[-1] + 1.0)
+    close = torch.nonzero((d2 - edge).abs_() <= reach)
+    if not close.shape[0]:
+        return
+    *batch, row, col = close.unbind(1)
+    q = queries[(*batch, row)]
+    x = points[(*batch, col)]
+    exact = (q[:, 0] - x[:, 0]).square()
+    for j in range(1, q.shape[1]):
+        exact += (q[:, j] - x[:, j]).square()
+    d2[(*batch, row, col)] = exact
 
 
 def kernel_weights(d2: torch.Tensor, kernel: str) -> torch.Tensor:
@@ -66,7 +184,7 @@ def kernel_weights(d2: torch.Tensor, kernel: str) -> torch.Tensor:
     Gaussian returns *log* weights (its stable form, see ``mean_shift_step``).
     """
     if kernel == "flat":
-        return (d2 <= 1.0).to(d2.dtype)
+        return (d2 <= flat_edge()).to(d2.dtype)
     if kernel == "epanechnikov":
         return (1.0 - d2).clamp_min_(0.0)
     if kernel == "gaussian":
@@ -137,7 +255,7 @@ def mean_shift_step(
         running_max = torch.full((q.shape[0],), -math.inf, dtype=dtype, device=device)
         for p0 in range(0, data.shape[0], point_block):
             x = data[p0 : p0 + point_block]
-            w = kernel_weights(squared_distances(q, x), kernel)
+            w = kernel_weights(squared_distances(q, x, flat_edge() if kernel == "flat" else None), kernel)
             if kernel == "gaussian":
                 if log_weights is not None:
                     w += log_weights[p0 : p0 + point_block]

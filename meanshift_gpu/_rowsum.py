@@ -49,7 +49,7 @@ import math
 import numpy as np
 import torch
 
-from ._reference import StepResult
+from ._reference import StepResult, flat_edge
 
 __all__ = [
     "RowSumIndex", "rowsum_step", "compiled_rowsum_step", "compiled_unavailable", "ROW_CELLS",
@@ -187,6 +187,16 @@ def rowsum_step(
     return _step(seeds, index, _accumulate, max_pairs)
 
 
+def interior_margin() -> float:
+    """Squared-distance margin between the summed interior, the tested band and the outside.
+
+    At least ``_INTERIOR_MARGIN``, and wider than the flat window's edge
+    allowance (:func:`meanshift_gpu._reference.flat_edge`), so every point
+    the band test could count is tested.
+    """
+    return max(_INTERIOR_MARGIN, 4.0 * (flat_edge() - 1.0))
+
+
 def _own_row_keys(q: torch.Tensor, index: RowSumIndex) -> torch.Tensor:
     """Key of the row cell each (float64) seed lies in; all 0 in 1-D, where there is one row."""
     own = torch.floor(q[:, 1:] * index.m).long()
@@ -241,7 +251,7 @@ def _rows_near(q: torch.Tensor, index: RowSumIndex):
     far = torch.maximum(across - lo, hi - across)
     rho_min2 = gap.square().sum(-1)
     rho_max2 = far.square().sum(-1)
-    near = rho_min2 <= 1.0 + _INTERIOR_MARGIN
+    near = rho_min2 <= 1.0 + interior_margin()
     near &= ((cells >= index.cell_lo) & (cells <= index.cell_hi)).all(-1)
     key = ((cells - index.origin) * index.strides).sum(-1)
     offset_id, seed_id = torch.nonzero(near, as_tuple=True)
@@ -261,8 +271,9 @@ def _accumulate(seeds: torch.Tensor, index: RowSumIndex, acc: torch.Tensor, max_
     rank = rank.to(torch.float64)
     x0 = q[seed_id, 0]
     eps = index.key_eps
-    w_out = (1.0 + _INTERIOR_MARGIN - rho_min2).clamp_min(0.0).sqrt()
-    inner2 = 1.0 - _INTERIOR_MARGIN - rho_max2
+    margin = interior_margin()
+    w_out = (1.0 + margin - rho_min2).clamp_min(0.0).sqrt()
+    inner2 = 1.0 - margin - rho_max2
     w_in = inner2.clamp_min(0.0).sqrt()
     lo_out = index._search(rank, x0 - w_out - eps, right=False)
     hi_out = index._search(rank, x0 + w_out + eps, right=True)
@@ -305,7 +316,7 @@ def _test_band(seeds, index, acc, starts, lengths, owners) -> None:
     d2 = squares[:, 0].clone()
     for j in range(1, squares.shape[1]):
         d2 += squares[:, j]
-    hit = torch.nonzero(d2 <= 1.0).squeeze(1)
+    hit = torch.nonzero(d2 <= flat_edge()).squeeze(1)
     acc.index_add_(0, owner[hit], index.summands[point[hit]])
 
 
@@ -372,7 +383,7 @@ def compiled_rowsum_step(seeds: torch.Tensor, index: RowSumIndex, shared_radius:
         acc_array = sums.numpy()
         args = RowSumArgs(
             d=own.shape[1], m=int(index_.m), n_rows=tables["row_keys"].shape[0], longest_row=tables["longest_row"],
-            n_points=tables["first"].shape[0], margin=_INTERIOR_MARGIN, shared_radius=float(shared_radius), q=q.ctypes.data, seeds=own.ctypes.data,
+            n_points=tables["first"].shape[0], margin=interior_margin(), edge=flat_edge(), shared_radius=float(shared_radius), q=q.ctypes.data, seeds=own.ctypes.data,
             group_starts=groups.ctypes.data, acc=acc_array.ctypes.data,
             **{name: array.ctypes.data for name, array in tables.items() if name != "longest_row"},
         )

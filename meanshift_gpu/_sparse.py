@@ -47,7 +47,7 @@ import math
 
 import torch
 
-from ._reference import EXACT_DIFFERENCE_MAX_FEATURES, KERNELS, StepResult
+from ._reference import EXACT_DIFFERENCE_MAX_FEATURES, KERNELS, StepResult, flat_edge, refine_near_edge
 
 __all__ = ["blocked_step", "candidate_step", "check_blocks", "DEFAULT_MAX_PAIRS"]
 
@@ -137,8 +137,9 @@ def check_blocks(
 
 
 # ----------------------------------------------------------------------------- tile maths
-def _squared_distances(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Batched squared distances (b, s, d) x (b, t, d) -> (b, s, t), reference formulas."""
+def _squared_distances(q: torch.Tensor, x: torch.Tensor, near: float | None = None) -> torch.Tensor:
+    """Batched squared distances (b, s, d) x (b, t, d) -> (b, s, t), reference formulas
+    (``near``: see :func:`meanshift_gpu._reference.squared_distances`)."""
     n_features = q.shape[-1]
     if n_features <= EXACT_DIFFERENCE_MAX_FEATURES:
         # Same order of operations as the reference: bit-identical distances.
@@ -148,7 +149,10 @@ def _squared_distances(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return d2
     d2 = torch.baddbmm(x.square().sum(-1)[:, None, :], q, x.transpose(1, 2), alpha=-2.0)
     d2 += q.square().sum(-1)[:, :, None]
-    return d2.clamp_min_(0.0)
+    d2.clamp_min_(0.0)
+    if near is not None:
+        refine_near_edge(d2, q, x, near)
+    return d2
 
 
 def _tile_weights(
@@ -178,7 +182,7 @@ def _tile_weights(
         shift = torch.where(torch.isinf(row_max), 0.0, row_max)
         return logit.sub_(shift[..., None]).exp_(), row_max
     if kernel == "flat":
-        p = (d2 <= 1.0).to(d2.dtype)
+        p = (d2 <= flat_edge()).to(d2.dtype)
     else:
         p = d2.neg_().add_(1.0).clamp_min_(0.0)
     if w is not None:
@@ -378,7 +382,7 @@ def blocked_step(
             x = data[rows].masked_fill_(~valid[..., None], 0.0)
             q = seed_tiles[blocks]
             p, row_max = _tile_weights(
-                _squared_distances(q, x),
+                _squared_distances(q, x, flat_edge() if kernel == "flat" else None),
                 valid,
                 None if point_factor is None else point_factor[rows],
                 kernel,
@@ -478,7 +482,7 @@ def candidate_step(
             x = data[rows].masked_fill_(~valid[..., None], 0.0)  # (c, t, d), padding zeroed
             # One seed per batch entry: (c, 1, d) against its own (c, t, d).
             p, row_max = _tile_weights(
-                _squared_distances(q[:, None, :], x),
+                _squared_distances(q[:, None, :], x, flat_edge() if kernel == "flat" else None),
                 valid,
                 None if point_factor is None else point_factor[rows],
                 kernel,

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from ._reference import StepResult
+from ._reference import StepResult, flat_edge, using_flat_edge
 
 __all__ = ["usable_threads", "ascent_threads", "split_across_threads"]
 
@@ -120,7 +120,13 @@ def split_across_threads(step, threads: int):
         if threads <= 1:
             results = [step(piece, kernel, blocks) for piece in pieces]
         else:
-            results = list(_pool(threads).map(lambda piece: step(piece, kernel, blocks), pieces))
+            edge = flat_edge()  # a setting of this thread, taken over by the workers
+
+            def one(piece):
+                with using_flat_edge(edge):
+                    return step(piece, kernel, blocks)
+
+            results = list(_pool(threads).map(one, pieces))
         return StepResult(torch.cat([r.positions for r in results]), torch.cat([r.log_density for r in results]))
 
     return split

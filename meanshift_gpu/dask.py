@@ -42,6 +42,7 @@ from ._bandwidth import estimate_bandwidth, feature_bandwidths
 from ._bandwidth_rules import RULE_NAMES, effective_sample_size, resolve_rule, unknown_rule_message
 from ._estimator import MeanShift as _SingleMachineMeanShift
 from ._neighbors import check_neighbor_options, kernel_reach
+from ._reference import flat_edge_for, typical_extent, using_flat_edge
 from ._validation import as_tensor, check_bandwidth_value, check_points, compute_dtype, resolve_device
 
 __all__ = ["MeanShift"]
@@ -257,7 +258,7 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
         bandwidth = self._bandwidth_from_sample(X, data, weights, effective_sample_size(X.shape[0], weights))
         plan, stats = self._plan(
             client, bandwidth, offset.numpy(), dtype, data.shape[1],
-            data.amin(0).numpy(), data.amax(0).numpy(), _sample_u(data, weights, self),
+            data.amin(0).numpy(), data.amax(0).numpy(), _sample_u(data, weights, self), data,
         )
         u = ((data[:, plan.axis] - offset[plan.axis]) / torch.as_tensor(plan.scale[plan.axis]).to(dtype))
         owner = eng.owner_of(u, plan.bounds).numpy()
@@ -371,7 +372,7 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
         plan, stats = self._plan(
             client, bandwidth, offset.numpy(), dtype, d,
             np.asarray(mins, dtype=np.float64), np.asarray(maxs, dtype=np.float64),
-            _sample_u_from(sample, sample_w, offset),
+            _sample_u_from(sample, sample_w, offset), sample,
         )
         token = uuid.uuid4().hex[:8]
         chunks = _block_futures(X)
@@ -442,7 +443,7 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
             )
         return value
 
-    def _plan(self, client, bandwidth, offset, dtype, d, mins, maxs, u_of):
+    def _plan(self, client, bandwidth, offset, dtype, d, mins, maxs, u_of, points):
         """Scale, split axis, boundaries and halo width of this fit."""
         np_dtype = np.float32 if dtype == torch.float32 else np.float64
         scale = np.array(np.broadcast_to(bandwidth, (d,)), dtype=np_dtype)
@@ -461,6 +462,8 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
             max_iter=int(self.max_iter), device=str(self.device) if not isinstance(self.device, str) else self.device,
             backend=self.backend, batch_size=self.batch_size, neighbors=self.neighbors,
             neighbor_options=self.neighbor_options, cluster_all=bool(self.cluster_all),
+            flat_edge=flat_edge_for(dtype, d, typical_extent(
+                (points - torch.as_tensor(offset).to(points.dtype)) / torch.as_tensor(scale).to(points.dtype))),
         )
         stats = eng.FitStats(
             n_partitions=plan.n_partitions, split_axis=axis,
@@ -571,7 +574,8 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
         positions = torch.cat([torch.as_tensor(f[0]).reshape(-1, d) for f in finished]).to(dt)
         intensity = torch.cat([torch.as_tensor(f[1]).reshape(-1) for f in finished]).to(dt)
         stats.n_candidates = int(positions.shape[0])
-        centers = _engine.merge_modes(positions, intensity)
+        with using_flat_edge(plan.flat_edge):
+            centers = _engine.merge_modes(positions, intensity)
         if centers.shape[0] == 0:
             raise ValueError(
                 f"No point was within bandwidth={self.bandwidth_} of any seed. Try a different "

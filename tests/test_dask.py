@@ -309,3 +309,14 @@ def test_one_far_outlier_does_not_merge_the_clusters(client, dtype, far):
         assert len(model.cluster_centers_) == 3
         assert len(set(labels[:100])) == 1 and len(set(labels[100:200])) == 1
         assert len({labels[0], labels[150], labels[200]}) == 3
+
+
+def test_exact_boundaries_like_scikit_learn(client, assert_same_clustering):
+    """Device: CPU.  Integer data with many pairs exactly one bandwidth apart (the window includes its edge)."""
+    from sklearn.cluster import MeanShift as SkMeanShift
+
+    X = np.random.default_rng(2).integers(0, 40, size=(300, 2)).astype(np.float64)
+    model = _fit(client, X, bandwidth=5.0, n_partitions=2)
+    theirs = SkMeanShift(bandwidth=5.0).fit(X)
+    assert_same_clustering(theirs.cluster_centers_, theirs.labels_, model.cluster_centers_, model.labels_,
+                           atol=1e-9, rtol=1e-9)

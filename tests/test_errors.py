@@ -377,3 +377,18 @@ def test_values_near_the_float_maximum_cluster_like_their_rescaled_copy(dtype, t
     from sklearn.metrics import adjusted_rand_score
 
     assert adjusted_rand_score(model.labels_, reference.labels_) == 1.0
+
+
+@pytest.mark.parametrize("tiny", [1e-300, 1e-310])  # 1e-310: subnormal float64
+def test_tiny_data_and_bandwidths_cluster_like_their_rescaled_copy(tiny, device):
+    """Squared distances of such data underflow (scikit-learn then finds one cluster); here
+    the data are divided by the bandwidth first, so they cluster as the same data at unit scale."""
+    rng = np.random.RandomState(0)
+    X = np.concatenate([rng.normal(0, 1, (40, 2)), rng.normal(10, 1, (40, 2))])
+    reference = MeanShift(bandwidth=2.0, device=device).fit(X)
+    model = MeanShift(bandwidth=2.0 * tiny, device=device).fit(X * tiny)
+    assert len(model.cluster_centers_) == len(reference.cluster_centers_) == 2
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(model.labels_, reference.labels_) == 1.0
+    assert np.isfinite(model.cluster_centers_).all() and np.abs(model.cluster_centers_).max() > 0

@@ -104,11 +104,10 @@ _COMPILED_ROW_CELLS = {
     2: ((2500, 1), (8000, 2), (50000, 4), (math.inf, 8)),
     3: ((5000, 1), (30000, 2), (math.inf, 4)),
 }
-# The compiled row sums (C extension, CPU) also take 3-D, and beat the batched grid
-# at every window size measured (2-D: 6x at 10 points per window, 20x at 800;
-# 3-D: even at 10 points, 13x at 560).
+# The compiled row sums (C extension, CPU) also take 3-D, and beat the batched
+# grid at every window size measured (benchmarks/README.md, "Tuning history"),
+# so they need no minimum window.
 _ROW_SUMS_AUTO_MAX_FEATURES_COMPILED = 3
-_ROW_SUMS_MIN_WINDOW_COMPILED = 0
 
 
 def _is_integer(value) -> bool:
@@ -484,7 +483,7 @@ def _use_row_sums(
         most = _ROW_SUMS_AUTO_MAX_FEATURES_COMPILED if compiled else _ROW_SUMS_AUTO_MAX_FEATURES
         if not (possible and n_features <= most and blocked_step is None):
             return False
-        return window() >= (_ROW_SUMS_MIN_WINDOW_COMPILED if compiled else _ROW_SUMS_MIN_WINDOW)
+        return compiled or window() >= _ROW_SUMS_MIN_WINDOW
     return bool(choice)
 
 

@@ -258,7 +258,7 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
         bandwidth = self._bandwidth_from_sample(X, data, weights, effective_sample_size(X.shape[0], weights))
         plan, stats = self._plan(
             client, bandwidth, offset.numpy(), dtype, data.shape[1],
-            data.amin(0).numpy(), data.amax(0).numpy(), _sample_u(data, weights, self), data,
+            data.amin(0).numpy(), data.amax(0).numpy(), _sample_u(data, weights, self, offset), data,
         )
         u = ((data[:, plan.axis] - offset[plan.axis]) / torch.as_tensor(plan.scale[plan.axis]).to(dtype))
         owner = eng.owner_of(u, plan.bounds).numpy()
@@ -714,15 +714,24 @@ def _with_zero_iters(seeds: np.ndarray):
     return seeds, np.zeros(seeds.shape[0], dtype=np.int64)
 
 
-def _sample_u(data: torch.Tensor, weights, est: MeanShift):
-    """Scaled axis coordinates of a sample of in-memory data (for the boundaries)."""
+def _sample_u(data: torch.Tensor, weights, est: MeanShift, offset: torch.Tensor):
+    """Scaled axis coordinates of a sample of in-memory data (for the boundaries), centred like the fit.
+
+    Points of zero weight are not seeds and carry no work: they are left out.
+    """
+    if weights is not None:
+        data = data[weights > 0]
     n = data.shape[0]
     k = min(n, int(est.bandwidth_n_samples))
     idx = np.arange(n) if k >= n else np.sort(np.random.default_rng(est.random_state).choice(n, k, replace=False))
-    return _sample_u_from(data[torch.as_tensor(idx)], None, data.mean(0))
+    return _sample_u_from(data[torch.as_tensor(idx)], None, offset)
 
 
 def _sample_u_from(sample: torch.Tensor, weights, offset: torch.Tensor):
+    """``u_of(axis, scale)``: the sample's scaled coordinates along ``axis`` (zero-weight points left out)."""
+    if weights is not None:
+        sample = sample[weights > 0]
+
     def u_of(axis: int, scale: float) -> np.ndarray:
         return ((sample[:, axis] - offset[axis]) / torch.as_tensor(scale).to(sample.dtype)).double().numpy()
 

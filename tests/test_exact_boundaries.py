@@ -80,7 +80,7 @@ def test_first_windows_count_the_points_on_the_edge(bandwidth, n_features):
     assert flat_edge() == 1.0  # the setting ends with its block
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.int64, np.int32, np.uint8])
+@pytest.mark.parametrize("dtype", [np.float32, np.int64, np.int32, np.int16, np.int8, np.uint8])
 def test_exact_boundaries_in_other_input_dtypes(dtype):
     rng = np.random.default_rng(3)
     X = rng.integers(0, 40, size=(300, 2))

@@ -186,8 +186,11 @@ class MeanShift(ClusterMixin, BaseEstimator):
         ``dtype`` (the compute dtype: the input's float dtype, so float64
         data are computed in float64 on the GPU too), ``backend``,
         ``neighbors`` and ``ascent`` (``"fused (...)"``: the device-resident
-        Triton loop; ``"host loop (why)"`` otherwise) and ``threads`` (on
-        the CPU: the threads that take pieces of each step; None elsewhere).
+        Triton loop; ``"host loop (why)"`` otherwise), ``flat_edge`` (the
+        flat window's edge on squared scaled distances: 1 plus the rounding
+        of the centring and scaling, so that points exactly one bandwidth
+        away are inside, as in scikit-learn) and ``threads`` (on the CPU:
+        the threads that take pieces of each step; None elsewhere).
     n_features_in_ : int
         Number of features seen during fit.
     feature_names_in_ : ndarray of shape (n_features_in_,)

@@ -79,7 +79,7 @@ def _ascent_kernel(
     data_t_ptr, weights_ptr,
     cell_start_ptr, cell_stride_ptr, cell_extent_ptr, grid_lo_ptr,
     n_order, n_points, stride_pos, stride_data,
-    inv_cell, tol, rest_eps, reach2, max_iter, flat_edge,
+    inv_cell, tol, rest_eps, reach2, max_iter, flat_slack,
     N_FEATURES: tl.constexpr, D_PAD: tl.constexpr,
     KERNEL: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
     RANGES: tl.constexpr, WIDEN: tl.constexpr, TRUNCATE: tl.constexpr,
@@ -261,7 +261,7 @@ def _ascent_kernel(
                         a7 = a7 * alpha
             else:
                 if KERNEL == "flat":
-                    p = tl.where(d2 <= flat_edge, 1.0, 0.0).to(DTYPE)
+                    p = tl.where(d2 - 1.0 <= flat_slack, 1.0, 0.0).to(DTYPE)
                 else:  # epanechnikov
                     p = tl.maximum(1.0 - d2, 0.0)
                 if HAS_WEIGHTS:
@@ -547,7 +547,7 @@ def ascent_steps(
 
     if tile is None:
         tile = _INTERPRETER_TILE if INTERPRETED else pick_tile("ascent", n_features, kernel, positions.device, dtype)
-    edge = flat_edge()
+    edge = flat_edge()  # the kernel takes edge - 1 (see kernels._common.flat_slack)
     if ranges is None:
         dummy_int = order
         cell_args = (dummy_int, dummy_int, dummy_int, positions)
@@ -583,7 +583,7 @@ def ascent_steps(
         data_t, data_t if weights is None else weights,
         *cell_args,
         n_order, data_t.shape[1], positions.stride(0), data_t.stride(0),
-        inv_cell, float(tol), rest_eps, reach2, int(max_iter), edge,
+        inv_cell, float(tol), rest_eps, reach2, int(max_iter), edge - 1.0,
     )
     for _ in range(n_steps):
         _ascent_kernel[grid](*args, **meta)

@@ -210,3 +210,15 @@ def tiled_dot_and_norms(
         qx += dot(q_t, tl.trans(x_t), DROPPED_BITS, BF16_DOT)
         x_norm += tl.sum(x_t * x_t, 1)
     return qx, x_norm
+
+
+def flat_slack() -> float:
+    """How far beyond 1 the flat window's edge lies (:func:`meanshift_gpu._reference.flat_edge` - 1).
+
+    The kernels compare ``d2 - 1 <= slack`` rather than ``d2 <= edge``:
+    Triton passes a Python float as float32, which would round ``1 + 1e-14``
+    to 1, while the slack itself survives, and ``d2 - 1`` is exact near 1.
+    """
+    from meanshift_gpu._reference import flat_edge
+
+    return flat_edge() - 1.0

@@ -72,12 +72,13 @@ from ._common import (
     check_precision,
     dot,
     feature_tile,
+    flat_slack,
     round_mantissa,
     tiled_dot_and_norms,
     tiled_row_norms,
 )
 
-from meanshift_gpu._reference import KERNELS, flat_edge  # noqa: E402  (one definition)
+from meanshift_gpu._reference import KERNELS  # noqa: E402  (one definition)
 
 # Globals read inside kernels must be tl.constexpr.
 _LN2 = tl.constexpr(0.6931471805599453)
@@ -91,7 +92,7 @@ _INTERPRETER_TILES = {"exact": (32, 64), "dot": (32, 32)}
 
 # ----------------------------------------------------------------------------- device code
 @triton.jit
-def _kernel_weights(d2, w_n, valid_n, m_i, flat_edge, KERNEL: tl.constexpr, HAS_WEIGHTS: tl.constexpr):
+def _kernel_weights(d2, w_n, valid_n, m_i, flat_slack, KERNEL: tl.constexpr, HAS_WEIGHTS: tl.constexpr):
     """Weights ``p`` of one (seeds, points) tile; Gaussian also rescaling state.
 
     Returns ``(p, alpha, m_new)``: for the Gaussian, ``p`` is relative to the
@@ -111,7 +112,7 @@ def _kernel_weights(d2, w_n, valid_n, m_i, flat_edge, KERNEL: tl.constexpr, HAS_
         p = tl.exp2(logit - shift[:, None])
     else:
         if KERNEL == "flat":
-            p = tl.where(d2 <= flat_edge, 1.0, 0.0)
+            p = tl.where(d2 - 1.0 <= flat_slack, 1.0, 0.0)
         else:  # epanechnikov
             p = tl.maximum(1.0 - d2, 0.0)
         if HAS_WEIGHTS:
@@ -148,7 +149,7 @@ def _store_result(
 @triton.jit
 def _step_exact_kernel(
     seeds_ptr, data_ptr, weights_ptr, pos_ptr, logd_ptr,
-    n_seeds, n_points, stride_seed, stride_data, stride_pos, flat_edge,
+    n_seeds, n_points, stride_seed, stride_data, stride_pos, flat_slack,
     N_FEATURES: tl.constexpr, D_PAD: tl.constexpr,
     KERNEL: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -171,7 +172,7 @@ def _step_exact_kernel(
         w_n = offs_n  # placeholder when unweighted (never read)
         if HAS_WEIGHTS:
             w_n = tl.load(weights_ptr + offs_n, mask=valid_n, other=0.0)
-        p, alpha, m_new = _kernel_weights(d2, w_n, valid_n, m_i, flat_edge, KERNEL, HAS_WEIGHTS)
+        p, alpha, m_new = _kernel_weights(d2, w_n, valid_n, m_i, flat_slack, KERNEL, HAS_WEIGHTS)
         if KERNEL == "gaussian":
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None]
@@ -194,7 +195,7 @@ def _step_exact_kernel(
 @triton.jit
 def _step_dot_kernel(
     seeds_ptr, data_ptr, weights_ptr, pos_ptr, logd_ptr,
-    n_seeds, n_points, n_features, stride_seed, stride_data, stride_pos, flat_edge,
+    n_seeds, n_points, n_features, stride_seed, stride_data, stride_pos, flat_slack,
     KERNEL: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
     DROPPED_BITS: tl.constexpr, BF16_DOT: tl.constexpr,
     BLOCK_D: tl.constexpr, D_TILES: tl.constexpr,
@@ -251,7 +252,7 @@ def _step_dot_kernel(
         w_n = offs_n  # placeholder when unweighted (never read)
         if HAS_WEIGHTS:
             w_n = tl.load(weights_ptr + offs_n, mask=valid_n, other=0.0)
-        p, alpha, m_new = _kernel_weights(d2, w_n, valid_n, m_i, flat_edge, KERNEL, HAS_WEIGHTS)
+        p, alpha, m_new = _kernel_weights(d2, w_n, valid_n, m_i, flat_slack, KERNEL, HAS_WEIGHTS)
         # The weight sum uses the same rounded weights as p @ x, so the mean
         # is not biased by the rounding.
         p = round_mantissa(p, DROPPED_BITS)
@@ -377,7 +378,7 @@ def mean_shift_step(
         weights32 = data32  # never read
 
     common = (seeds32, data32, weights32, positions, log_density)
-    edge = flat_edge()  # sklearn's edge, widened by the rounding of the scaled data
+    edge = flat_slack()
     tiles = _choose_tiles(block_seeds, block_points)
     if n_features <= EXACT_MAX_FEATURES:
         args = (*common, n_seeds, n_points, seeds32.stride(0), data32.stride(0), positions.stride(0), edge)

@@ -60,11 +60,12 @@ from ._common import (
     check_precision,
     dot,
     feature_tile,
+    flat_slack,
     round_mantissa,
     tiled_dot_and_norms,
     tiled_row_norms,
 )
-from ._mean_shift_step import KERNELS, _kernel_weights, _store_result, flat_edge
+from ._mean_shift_step import KERNELS, _kernel_weights, _store_result
 
 _LN2 = math.log(2.0)
 
@@ -83,7 +84,7 @@ def _blocked_kernel(
     item_block_ptr, item_lo_ptr, item_hi_ptr,
     pos_ptr, logd_ptr, part_ptr, part_l_ptr, part_m_ptr,
     n_seeds, seed_block, n_features,
-    stride_seed, stride_data, stride_pos, stride_part, flat_edge,
+    stride_seed, stride_data, stride_pos, stride_part, flat_slack,
     KERNEL: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
     EXACT: tl.constexpr, EXACT_FEATURES: tl.constexpr,
     DROPPED_BITS: tl.constexpr, BF16_DOT: tl.constexpr,
@@ -155,7 +156,7 @@ def _blocked_kernel(
         w_n = rows  # placeholder when unweighted (never read)
         if HAS_WEIGHTS:
             w_n = tl.load(weights_ptr + rows, mask=valid_n, other=0.0)
-        p, alpha, m_new = _kernel_weights(d2, w_n, valid_n, m_i, flat_edge, KERNEL, HAS_WEIGHTS)
+        p, alpha, m_new = _kernel_weights(d2, w_n, valid_n, m_i, flat_slack, KERNEL, HAS_WEIGHTS)
         if not EXACT:
             p = round_mantissa(p, DROPPED_BITS)
         if KERNEL == "gaussian":
@@ -195,7 +196,7 @@ def _blocked_kernel(
 def _candidate_kernel(
     seeds_ptr, data_ptr, weights_ptr, cand_ptr, pos_ptr, logd_ptr,
     n_seeds, n_candidates, n_features,
-    stride_seed, stride_data, stride_cand, stride_pos, flat_edge,
+    stride_seed, stride_data, stride_cand, stride_pos, flat_slack,
     KERNEL: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
     EXACT: tl.constexpr, EXACT_FEATURES: tl.constexpr,
     BLOCK_D: tl.constexpr, D_TILES: tl.constexpr,
@@ -276,7 +277,7 @@ def _candidate_kernel(
             m_i = m_new
         else:
             if KERNEL == "flat":
-                p = tl.where(d2 <= flat_edge, 1.0, 0.0)
+                p = tl.where(d2 - 1.0 <= flat_slack, 1.0, 0.0)
             else:  # epanechnikov
                 p = tl.maximum(1.0 - d2, 0.0)
             if HAS_WEIGHTS:
@@ -454,7 +455,7 @@ def blocked_step(
         seeds32, data32, data32 if weights32 is None else weights32, index,
         item_block, item_lo, item_hi, positions, log_density, part, part_l, part_m,
         n_seeds, seed_block, n_features,
-        seeds32.stride(0), data32.stride(0), positions.stride(0), part.stride(0), flat_edge(),
+        seeds32.stride(0), data32.stride(0), positions.stride(0), part.stride(0), flat_slack(),
     )
     meta = dict(
         KERNEL=kernel, HAS_WEIGHTS=weights32 is not None,
@@ -536,7 +537,7 @@ def candidate_step(
     args = (
         seeds32, data32, data32 if weights32 is None else weights32, cand, positions, log_density,
         n_seeds, cand.shape[1], n_features,
-        seeds32.stride(0), data32.stride(0), max(1, cand.stride(0)), positions.stride(0), flat_edge(),
+        seeds32.stride(0), data32.stride(0), max(1, cand.stride(0)), positions.stride(0), flat_slack(),
     )
     meta = dict(KERNEL=kernel, HAS_WEIGHTS=weights32 is not None,
                 EXACT=exact, EXACT_FEATURES=n_features if exact else 0, BLOCK_D=block_d, D_TILES=d_tiles)

@@ -143,6 +143,25 @@ def test_ranges_read_points_exactly_one_reach_away():
         np.testing.assert_allclose(log_density.double().cpu(), ref.log_density, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("use_ranges", [False, True])
+def test_points_exactly_one_bandwidth_away_count_after_scaling(dtype, use_ranges):
+    """Integer data divided by a bandwidth of 5: distances of exactly 5 become 1 up to rounding,
+    and the kernel counts them as the flat edge says (scikit-learn's neighbour counts)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    rng = np.random.default_rng(4)
+    X = rng.integers(0, 16, size=(150, 2)).astype(np.float64)
+    expected = [len(r) for r in NearestNeighbors(radius=5.0).fit(X).radius_neighbors(X, return_distance=False)]
+    scaled = ((torch.as_tensor(X) - torch.as_tensor(X).median(0).values) / 5.0).to(DTYPES[dtype]).to(DEVICE)
+    edge = _reference.flat_edge_for(DTYPES[dtype], 2, _reference.typical_extent(scaled.double().cpu()))
+    with _reference.using_flat_edge(edge):
+        ranges = _ascent.GridRanges.build(scaled, None, math.sqrt(edge), cells_per_reach=2) if use_ranges else None
+        _, log_density = _one_step(scaled, scaled, None, "flat", ranges)
+    counts = log_density.double().exp().round().long().cpu()
+    assert counts.tolist() == expected
+
+
 def test_results_do_not_depend_on_the_tile():
     data = _blobs(200, 2, torch.float32, seed=5)
     a, _ = _one_step(data[:90], data, None, "gaussian", tile=Tile(16, 32))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -60,7 +61,8 @@ def usable_threads() -> int:
 
 @contextlib.contextmanager
 def ascent_threads(device: torch.device):
-    """Within: torch on one thread and :func:`usable_threads` fixed (CPU only); yields the thread count.
+    """Within: torch (and faiss, if loaded) on one thread and :func:`usable_threads` fixed (CPU only);
+    yields the thread count.
 
     On other devices it yields 1 and changes nothing.  torch's setting is
     restored on exit.
@@ -76,8 +78,13 @@ def ascent_threads(device: torch.device):
         return
     threads = usable_threads()
     before = torch.get_num_threads()
+    # faiss (when loaded) runs its searches on OpenMP threads of its own.
+    faiss = sys.modules.get("faiss")
+    faiss_before = faiss.omp_get_max_threads() if faiss is not None else None
     _local.threads = threads
     torch.set_num_threads(1)
+    if faiss is not None:
+        faiss.omp_set_num_threads(1)
     try:
         yield threads
     finally:
@@ -86,6 +93,8 @@ def ascent_threads(device: torch.device):
             pool.shutdown()
             _local.pool = None
         torch.set_num_threads(before)
+        if faiss is not None:
+            faiss.omp_set_num_threads(faiss_before)
         _local.threads = None
 
 

@@ -186,7 +186,9 @@ class MeanShift(ClusterMixin, BaseEstimator):
         ``dtype`` (the compute dtype: the input's float dtype, so float64
         data are computed in float64 on the GPU too), ``backend``,
         ``neighbors`` and ``ascent`` (``"fused (...)"``: the device-resident
-        Triton loop; ``"host loop (why)"`` otherwise), ``flat_edge`` (the
+        Triton loop; ``"host loop (why)"`` otherwise), ``step`` (in the
+        host loop: what each step runs, e.g. row prefix sums in compiled C;
+        None for the fused and blurring ascents), ``flat_edge`` (the
         flat window's edge on squared scaled distances: 1 plus the rounding
         of the centring and scaling, so that points exactly one bandwidth
         away are inside, as in scikit-learn) and ``threads`` (on the CPU:
@@ -492,6 +494,7 @@ def _fit_scaled(est, config, data, scaled, weights, seeds, offset, scale, bandwi
                 device) -> _FitResult:
     n_samples, n_features = data.shape
     dtype = data.dtype
+    step_info = None  # what each step of the host loop runs (the fused ascent is its own step)
     options = check_neighbor_options(est.neighbor_options)
     reach = kernel_reach(est.kernel, options)
     if est.algorithm == "blurring":
@@ -541,6 +544,7 @@ def _fit_scaled(est, config, data, scaled, weights, seeds, offset, scale, bandwi
             with ascent_threads(device) as threads:
                 step = pruner.step if pruner.threaded else split_across_threads(pruner.step, threads)
                 ascent = _engine.ascend_seeds(seeds_scaled, scaled, weights, config, step)
+            step_info = pruner.detail
         config.log(f"ascent: {ascent_info}")
         modes_at = scaled
     centers = _engine.merge_modes(ascent.positions, ascent.log_density)
@@ -564,6 +568,7 @@ def _fit_scaled(est, config, data, scaled, weights, seeds, offset, scale, bandwi
             "backend": config.backend.name,
             "neighbors": method,
             "ascent": ascent_info,
+            "step": step_info,
             # The flat window's edge on squared scaled distances (1 plus the scaling's rounding).
             "flat_edge": flat_edge(),
             # CPU: threads taking pieces of each step (torch itself on one during the ascent).

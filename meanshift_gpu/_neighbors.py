@@ -288,6 +288,8 @@ class Pruner:
     candidates: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
     # The step spreads its own work over the CPU threads (the compiled row sums).
     threaded: bool = False
+    # What the step runs, in words (fit_info_["step"]).
+    detail: str = ""
 
 
 class _LSHIndex:
@@ -507,7 +509,8 @@ def build_pruner(
     """
     reach = kernel_reach(kernel, options)
     if method == "dense":
-        return Pruner("dense", lambda seeds, k, blocks: dense_step(seeds, data, weights, k, blocks))
+        return Pruner("dense", lambda seeds, k, blocks: dense_step(seeds, data, weights, k, blocks),
+                      detail="dense: every seed against every point")
     if method == "grid":
         if data.shape[1] > _GRID_MAX_FEATURES:
             raise ValueError(
@@ -548,7 +551,9 @@ def build_pruner(
                 def row_sum_step(seeds, k, blocks):
                     return rowsum_step(seeds, rows, max_pairs=pair_budget(options["max_pairs"], blocks))
 
-            return Pruner("grid", row_sum_step, None, threaded=compiled)
+            how = "compiled C loop" if compiled else "torch"
+            return Pruner("grid", row_sum_step, None, threaded=compiled,
+                          detail=f"grid: row prefix sums, {how}, {cells} cell{'s' if cells != 1 else ''} per bandwidth")
         index = grid_index()
 
         def grid_step(seeds, k, blocks):
@@ -557,7 +562,8 @@ def build_pruner(
                 max_indices=pair_budget(_GRID_MAX_INDICES, blocks),
             )
 
-        return Pruner("grid", grid_step, None)
+        why = "" if kernel == "flat" and data.shape[1] <= ROWSUM_MAX_FEATURES else f" ({kernel} kernel, {data.shape[1]} features)"
+        return Pruner("grid", grid_step, None, detail=f"grid: cells of one reach, batched block-sparse step{why}")
     if method in ("lsh", "faiss"):
         if method == "faiss":
             reason = faiss_unavailable()
@@ -572,7 +578,8 @@ def build_pruner(
                 max_pairs=pair_budget(options["max_pairs"], blocks), step=blocked_step,
             )
 
-        return Pruner(method, candidate_step, index.candidates)
+        kind = f"faiss {index.kind} index" if method == "faiss" else f"LSH, {index.n_tables} tables"
+        return Pruner(method, candidate_step, index.candidates, detail=f"{method}: candidate lists ({kind})")
     raise ValueError(f"unknown neighbors {method!r}; expected one of {NEIGHBOR_METHODS}")
 
 

@@ -250,3 +250,18 @@ def test_float32_fit_equals_float64_clusters(assert_same_clustering):
     narrow = MeanShift(bandwidth=1.2, neighbors="grid", device="cpu").fit(X.astype(np.float32))
     assert_same_clustering(wide.cluster_centers_, wide.labels_, narrow.cluster_centers_, narrow.labels_,
                            atol=1e-4, rtol=0)
+
+
+def test_fit_info_says_which_step_ran():
+    """Device: CPU.  The step of the host loop is reported, with the thread count."""
+    X, _ = make_blobs(2000, n_features=2, centers=3, random_state=0)
+    compiled = MeanShift(bandwidth=1.0, neighbors="grid", device="cpu").fit(X)
+    assert compiled.fit_info_["step"].startswith("grid: row prefix sums, compiled C loop")
+    assert compiled.fit_info_["threads"] >= 1
+    in_torch = MeanShift(bandwidth=1.0, neighbors="grid", device="cpu",
+                         neighbor_options={"compiled": False, "row_sums": True}).fit(X)
+    assert in_torch.fit_info_["step"].startswith("grid: row prefix sums, torch")
+    batched = MeanShift(bandwidth=1.0, neighbors="grid", device="cpu", neighbor_options={"row_sums": False}).fit(X)
+    assert batched.fit_info_["step"].startswith("grid: cells of one reach")
+    dense = MeanShift(bandwidth=1.0, neighbors="dense", device="cpu").fit(X)
+    assert dense.fit_info_["step"].startswith("dense")

@@ -52,7 +52,7 @@ import torch
 import triton
 import triton.language as tl
 
-from meanshift_gpu._reference import KERNELS, flat_edge
+from meanshift_gpu._reference import KERNELS
 
 from ._tiles import Tile, pick_tile
 
@@ -543,11 +543,10 @@ def ascent_steps(
     n_order = order.shape[0]
     if n_order == 0 or n_steps <= 0:
         return
-    from ._common import INTERPRETED
+    from ._common import INTERPRETED, flat_slack
 
     if tile is None:
         tile = _INTERPRETER_TILE if INTERPRETED else pick_tile("ascent", n_features, kernel, positions.device, dtype)
-    edge = flat_edge()  # the kernel takes edge - 1 (see kernels._common.flat_slack)
     if ranges is None:
         dummy_int = order
         cell_args = (dummy_int, dummy_int, dummy_int, positions)
@@ -555,8 +554,7 @@ def ascent_steps(
     else:
         cell_args = (ranges.cell_start, ranges.cell_stride, ranges.extent, ranges.grid_lo)
         inv_cell = 1.0 / ranges.cell_side
-        # The flat window's edge is a rounding beyond 1 (see flat_edge): so is its reach.
-        reach2 = ranges.reach * ranges.reach * (edge if kernel == "flat" else 1.0)
+        reach2 = ranges.reach * ranges.reach  # for the flat kernel, kernel_reach's sqrt(edge)
         widen = ranges.cells_per_reach
     meta = dict(
         N_FEATURES=n_features, D_PAD=triton.next_power_of_2(n_features),
@@ -583,7 +581,7 @@ def ascent_steps(
         data_t, data_t if weights is None else weights,
         *cell_args,
         n_order, data_t.shape[1], positions.stride(0), data_t.stride(0),
-        inv_cell, float(tol), rest_eps, reach2, int(max_iter), edge - 1.0,
+        inv_cell, float(tol), rest_eps, reach2, int(max_iter), flat_slack(),
     )
     for _ in range(n_steps):
         _ascent_kernel[grid](*args, **meta)

@@ -43,6 +43,22 @@ def triton_mode_error() -> str | None:
         "imports triton (e.g. at the very top of the script or test module) and restart"
     )
 
+
+def kernel_device() -> tuple[torch.device | None, str | None]:
+    """Where the kernels run in this process, or ``(None, why not)``.
+
+    The CPU under Triton's interpreter, CUDA when compiled; used by the
+    kernel tests to pick their device or skip with the reason.
+    """
+    problem = triton_mode_error()
+    if problem is not None:
+        return None, f"Triton kernels cannot run in this session: {problem}"
+    if INTERPRETED:
+        return torch.device("cpu"), None
+    if torch.cuda.is_available():
+        return torch.device("cuda"), None
+    return None, "TRITON_INTERPRET=0 and no CUDA device: the kernels cannot run"
+
 # Up to this many features, squared distances are summed from per-feature
 # differences: exact to rounding (no |q|^2 - 2 q.x + |x|^2 cancellation), so
 # sklearn's inclusive ``distance <= bandwidth`` window is kept on integer-like

@@ -378,10 +378,10 @@ def mean_shift_step(
         weights32 = data32  # never read
 
     common = (seeds32, data32, weights32, positions, log_density)
-    edge = flat_slack()
+    slack = flat_slack()
     tiles = _choose_tiles(block_seeds, block_points)
     if n_features <= EXACT_MAX_FEATURES:
-        args = (*common, n_seeds, n_points, seeds32.stride(0), data32.stride(0), positions.stride(0), edge)
+        args = (*common, n_seeds, n_points, seeds32.stride(0), data32.stride(0), positions.stride(0), slack)
         meta = dict(
             N_FEATURES=n_features,
             D_PAD=triton.next_power_of_2(n_features),
@@ -402,7 +402,7 @@ def mean_shift_step(
         block_d, d_tiles = feature_tile(n_features)
         args = (
             *common, n_seeds, n_points, n_features,
-            seeds32.stride(0), data32.stride(0), positions.stride(0), edge,
+            seeds32.stride(0), data32.stride(0), positions.stride(0), slack,
         )
         meta = dict(
             KERNEL=kernel,

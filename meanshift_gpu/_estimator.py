@@ -550,7 +550,7 @@ def _fit_scaled(est, config, data, scaled, weights, seeds, offset, scale, bandwi
     centers = _engine.merge_modes(ascent.positions, ascent.log_density)
     if centers.shape[0] == 0:
         raise ValueError(
-            f"No point was within bandwidth={_format_bandwidth(bandwidth)} of any seed. Try a "
+            f"No point was within bandwidth={_short(bandwidth)} of any seed. Try a "
             "different seeding strategy or increase the bandwidth."
         )
     labels = _engine.assign_labels(modes_at, centers, config, est.cluster_all)
@@ -641,12 +641,6 @@ def _short(bandwidth) -> str:
     values = np.atleast_1d(np.asarray(bandwidth, dtype=np.float64))
     shown = ", ".join(f"{v:.3g}" for v in values[:6]) + (", ..." if values.size > 6 else "")
     return shown if values.size == 1 else f"[{shown}]"
-
-
-def _format_bandwidth(bandwidth) -> str:
-    if isinstance(bandwidth, np.ndarray):
-        return np.array2string(bandwidth, precision=6)
-    return f"{bandwidth:g}" if bandwidth >= 1e-4 else f"{bandwidth:f}"
 
 
 def _fit_zero_bandwidth(est, data, weights, seeds, bandwidth, scale, config) -> _FitResult:

@@ -60,23 +60,12 @@ typedef struct {
     int64_t *acc; /* (n_seeds, d + 1) */
 } RowSumArgs;
 
+/* The arguments, with the feature-major arrays cut into one row per feature. */
 typedef struct {
-    int d;
-    int64_t m, n_rows;
-    double margin, edge;
-    const int64_t *row_keys, *row_bounds, *prefix, *origin, *strides, *cell_lo, *cell_hi;
-    const double *first;
+    const RowSumArgs *a;
     const void *coords[3];
     const int64_t *sums[4];
 } RowSumTables;
-
-typedef struct {
-    const double *q;
-    const void *seeds;
-    const int64_t *group_starts;
-    double shared_radius;
-    int64_t *acc;
-} GroupCall;
 
 typedef struct {
     int64_t capacity;
@@ -246,7 +235,6 @@ static void hash_lists_push(HashLists *t, int64_t key, int64_t item) {
 
 typedef struct {
     const RowSumTables *tables;
-    const GroupCall *call;
     const int64_t *pieces;
     int64_t n_pieces;
     int64_t next_piece; /* taken with atomic fetch-add */
@@ -282,9 +270,9 @@ static void *step_worker(void *arg) {
         if (piece >= work->n_pieces) break;
         int64_t g0 = work->pieces[piece], g1 = work->pieces[piece + 1];
         if (work->is_double)
-            accumulate_groups_f64(work->tables, work->call, g0, g1, &scratch);
+            accumulate_groups_f64(work->tables, g0, g1, &scratch);
         else
-            accumulate_groups_f32(work->tables, work->call, g0, g1, &scratch);
+            accumulate_groups_f32(work->tables, g0, g1, &scratch);
     }
     scratch_free(&scratch);
     return NULL;
@@ -293,27 +281,13 @@ static void *step_worker(void *arg) {
 /* Window sums of every group of seeds into args->acc.  pieces: n_pieces + 1 group
  * bounds; threads take pieces one at a time.  Returns 0, or -1 when memory ran out. */
 EXPORT int rowsum_accumulate(const RowSumArgs *args, int is_double, const int64_t *pieces, int64_t n_pieces,
-                      int64_t n_threads) {
-    RowSumTables tables;
+                             int64_t n_threads) {
     size_t real_size = is_double ? sizeof(double) : sizeof(float);
-    tables.d = (int)args->d;
-    tables.m = args->m;
-    tables.n_rows = args->n_rows;
-    tables.margin = args->margin;
-    tables.edge = args->edge;
-    tables.row_keys = args->row_keys;
-    tables.row_bounds = args->row_bounds;
-    tables.prefix = args->prefix;
-    tables.origin = args->origin;
-    tables.strides = args->strides;
-    tables.cell_lo = args->cell_lo;
-    tables.cell_hi = args->cell_hi;
-    tables.first = args->first;
+    RowSumTables tables = {args, {NULL}, {NULL}};
     for (int f = 0; f < 3; f++)
         tables.coords[f] = (const char *)args->coords + (f < args->d ? f : 0) * args->n_points * real_size;
     for (int f = 0; f < 4; f++) tables.sums[f] = args->sums + (f <= args->d ? f : 0) * args->n_points;
-    GroupCall call = {args->q, args->seeds, args->group_starts, args->shared_radius, args->acc};
-    StepWork work = {&tables, &call, pieces, n_pieces, 0, is_double, args->longest_row, 0};
+    StepWork work = {&tables, pieces, n_pieces, 0, is_double, args->longest_row, 0};
     if (n_threads > n_pieces) n_threads = n_pieces;
     if (n_threads < 1) n_threads = 1;
     pthread_t *threads = n_threads > 1 ? malloc((n_threads - 1) * sizeof(pthread_t)) : NULL;

@@ -134,27 +134,27 @@ INLINE void FN(band_sums_pair)(int64_t lo, int64_t hi, int d, const REAL s[3], c
 INLINE void FN(row_sums)(const RowSumTables *t, double q0, REAL s0, REAL s1, REAL s2, int64_t rank, double rho_min2,
                          double rho_max2, int64_t hints[4], int64_t acc4[4]) {
     const REAL *const *coords = (const REAL *const *)t->coords;
-    int d = t->d;
-    int64_t start = t->row_bounds[rank], end = t->row_bounds[rank + 1];
-    double reach_out = sqrt(fmax(0.0, 1.0 + t->margin - rho_min2));
-    int64_t lo_out = lower_bound_near(t->first, start, end, q0 - reach_out, hints[0]);
-    int64_t hi_out = upper_bound_near(t->first, lo_out, end, q0 + reach_out, hints[1]);
+    int d = (int)t->a->d;
+    int64_t start = t->a->row_bounds[rank], end = t->a->row_bounds[rank + 1];
+    double reach_out = sqrt(fmax(0.0, 1.0 + t->a->margin - rho_min2));
+    int64_t lo_out = lower_bound_near(t->a->first, start, end, q0 - reach_out, hints[0]);
+    int64_t hi_out = upper_bound_near(t->a->first, lo_out, end, q0 + reach_out, hints[1]);
     hints[0] = lo_out, hints[1] = hi_out;
-    double inner2 = 1.0 - t->margin - rho_max2;
+    double inner2 = 1.0 - t->a->margin - rho_max2;
     int64_t lo_in = hi_out, hi_in = hi_out;
     /* Short runs are cheaper to test whole than to search for their interior. */
     if (inner2 > 0.0 && hi_out - lo_out > SHORT_RUN) {
         double reach_in = sqrt(inner2);
-        lo_in = lower_bound_near(t->first, lo_out, hi_out, q0 - reach_in, hints[2]);
-        hi_in = upper_bound_near(t->first, lo_in, hi_out, q0 + reach_in, hints[3]);
+        lo_in = lower_bound_near(t->a->first, lo_out, hi_out, q0 - reach_in, hints[2]);
+        hi_in = upper_bound_near(t->a->first, lo_in, hi_out, q0 + reach_in, hints[3]);
         hints[2] = lo_in, hints[3] = hi_in;
     }
     int64_t a[4], b[4];
-    FN(band_sums)(lo_out, lo_in, d, s0, s1, s2, (REAL)t->edge, coords, t->sums, a);
-    FN(band_sums)(hi_in, hi_out, d, s0, s1, s2, (REAL)t->edge, coords, t->sums, b);
+    FN(band_sums)(lo_out, lo_in, d, s0, s1, s2, (REAL)t->a->edge, coords, t->sums, a);
+    FN(band_sums)(hi_in, hi_out, d, s0, s1, s2, (REAL)t->a->edge, coords, t->sums, b);
     for (int k = 0; k < 4; k++) acc4[k] = a[k] + b[k];
     if (hi_in > lo_in) {
-        const int64_t *p_hi = t->prefix + hi_in * (d + 1), *p_lo = t->prefix + lo_in * (d + 1);
+        const int64_t *p_hi = t->a->prefix + hi_in * (d + 1), *p_lo = t->a->prefix + lo_in * (d + 1);
         for (int k = 0; k <= d; k++) acc4[k] += p_hi[k] - p_lo[k];
     }
 }
@@ -164,14 +164,14 @@ INLINE void FN(row_sums)(const RowSumTables *t, double q0, REAL s0, REAL s1, REA
  * for the group, those outside all skipped; only a shell of width 2 radius is
  * tested seed by seed.  "For sure" keeps the interior margin, so the per-seed
  * test would decide every skipped or summed point the same way. */
-INLINE void FN(shared_row_sums)(const RowSumTables *t, const GroupCall *g, int64_t i0, int64_t i1, int64_t rank,
+INLINE void FN(shared_row_sums)(const RowSumTables *t, int64_t i0, int64_t i1, int64_t rank,
                                 double lo_last, double hi_last, double lo_1, double hi_1, const Box *box,
                                 Scratch *scratch) {
-    const REAL *seeds = (const REAL *)g->seeds;
+    const REAL *seeds = (const REAL *)t->a->seeds;
     const REAL *const *coords = (const REAL *const *)t->coords;
-    int d = t->d;
-    int64_t *acc = g->acc;
-    int64_t start = t->row_bounds[rank], end = t->row_bounds[rank + 1];
+    int d = (int)t->a->d;
+    int64_t *acc = t->a->acc;
+    int64_t start = t->a->row_bounds[rank], end = t->a->row_bounds[rank + 1];
     double gap, far;
     cell_distances(lo_last, hi_last, box->lo[d - 1], box->hi[d - 1], &gap, &far);
     double rho_min2 = gap * gap, rho_max2 = far * far;
@@ -180,31 +180,31 @@ INLINE void FN(shared_row_sums)(const RowSumTables *t, const GroupCall *g, int64
         rho_min2 += gap * gap;
         rho_max2 += far * far;
     }
-    if (rho_min2 > 1.0 + t->margin) return;
-    double reach_out = sqrt(1.0 + t->margin - rho_min2);
-    int64_t lo_out = lower_bound(t->first, start, end, box->lo[0] - reach_out);
-    int64_t hi_out = upper_bound(t->first, lo_out, end, box->hi[0] + reach_out);
-    double inner2 = 1.0 - t->margin - rho_max2;
+    if (rho_min2 > 1.0 + t->a->margin) return;
+    double reach_out = sqrt(1.0 + t->a->margin - rho_min2);
+    int64_t lo_out = lower_bound(t->a->first, start, end, box->lo[0] - reach_out);
+    int64_t hi_out = upper_bound(t->a->first, lo_out, end, box->hi[0] + reach_out);
+    double inner2 = 1.0 - t->a->margin - rho_max2;
     int64_t lo_in = hi_out, hi_in = hi_out;
     if (inner2 > 0.0) {
         /* Inside every window: |x_0 - q_0| <= reach_in for every seed's q_0. */
         double reach_in = sqrt(inner2);
         if (box->hi[0] - reach_in <= box->lo[0] + reach_in) {
-            lo_in = lower_bound(t->first, lo_out, hi_out, box->hi[0] - reach_in);
-            hi_in = upper_bound(t->first, lo_in, hi_out, box->lo[0] + reach_in);
+            lo_in = lower_bound(t->a->first, lo_out, hi_out, box->hi[0] - reach_in);
+            hi_in = upper_bound(t->a->first, lo_in, hi_out, box->lo[0] + reach_in);
             if (hi_in <= lo_in) lo_in = hi_in = hi_out;
         }
     }
     int64_t common[4] = {0, 0, 0, 0};
     if (hi_in > lo_in) {
-        const int64_t *p_hi = t->prefix + hi_in * (d + 1), *p_lo = t->prefix + lo_in * (d + 1);
+        const int64_t *p_hi = t->a->prefix + hi_in * (d + 1), *p_lo = t->a->prefix + lo_in * (d + 1);
         for (int k = 0; k <= d; k++) common[k] += p_hi[k] - p_lo[k];
     }
     /* Squared distances from the centre: inside every window below sure_in,
      * outside all above sure_out (float64 rounding allowed for). */
-    double inside = sqrt(1.0 - t->margin) - box->radius;
+    double inside = sqrt(1.0 - t->a->margin) - box->radius;
     double sure_in = inside > 0.0 ? inside * inside * (1.0 - 1e-12) : -1.0;
-    double outside = sqrt(1.0 + t->margin) + box->radius;
+    double outside = sqrt(1.0 + t->a->margin) + box->radius;
     double sure_out = outside * outside * (1.0 + 1e-12);
     double c0 = box->center[0], c1 = box->center[1], c2 = box->center[2];
     /* Distances first (a loop without branches), then the shell is gathered
@@ -258,7 +258,7 @@ INLINE void FN(shared_row_sums)(const RowSumTables *t, const GroupCall *g, int64
         REAL s[3] = {seeds[i * d], seeds[i * d + 1], d == 3 ? seeds[i * d + 2] : seeds[i * d]};
         REAL u[3] = {seeds[(i + 1) * d], seeds[(i + 1) * d + 1], d == 3 ? seeds[(i + 1) * d + 2] : seeds[(i + 1) * d]};
         int64_t a[4], b[4];
-        FN(band_sums_pair)(0, k, d, s, u, (REAL)t->edge, (const REAL *const *)shell, (const int64_t *const *)shell_sums, a, b);
+        FN(band_sums_pair)(0, k, d, s, u, (REAL)t->a->edge, (const REAL *const *)shell, (const int64_t *const *)shell_sums, a, b);
         for (int f = 0; f < width; f++) {
             acc[i * width + f] += common[f] + a[f];
             acc[(i + 1) * width + f] += common[f] + b[f];
@@ -267,26 +267,26 @@ INLINE void FN(shared_row_sums)(const RowSumTables *t, const GroupCall *g, int64
     if (i < i1) {
         REAL s0 = seeds[i * d], s1 = seeds[i * d + 1], s2 = d == 3 ? seeds[i * d + 2] : s0;
         int64_t a[4];
-        FN(band_sums)(0, k, d, s0, s1, s2, (REAL)t->edge, (const REAL *const *)shell, (const int64_t *const *)shell_sums, a);
+        FN(band_sums)(0, k, d, s0, s1, s2, (REAL)t->a->edge, (const REAL *const *)shell, (const int64_t *const *)shell_sums, a);
         for (int f = 0; f < width; f++) acc[i * width + f] += common[f] + a[f];
     }
 }
 
-/* The window sums of the seeds of groups g_first .. g_end - 1, added into g->acc. */
-VECTOR_CLONES static void FN(accumulate_groups)(const RowSumTables *t, const GroupCall *g, int64_t g_first, int64_t g_end,
+/* The window sums of the seeds of groups g_first .. g_end - 1, added into t->a->acc. */
+VECTOR_CLONES static void FN(accumulate_groups)(const RowSumTables *t, int64_t g_first, int64_t g_end,
                                   Scratch *scratch) {
-    const double *q = g->q;
-    const REAL *seeds = (const REAL *)g->seeds;
-    int d = t->d, width = d + 1;
-    int64_t m = t->m, reach = m + 1;
-    int64_t *acc = g->acc;
-    if (t->n_rows == 0) return;
+    const double *q = t->a->q;
+    const REAL *seeds = (const REAL *)t->a->seeds;
+    int d = (int)t->a->d, width = d + 1;
+    int64_t m = t->a->m, reach = m + 1;
+    int64_t *acc = t->a->acc;
+    if (t->a->n_rows == 0) return;
     int64_t hints[4];
     Box box;
     for (int64_t grp = g_first; grp < g_end; grp++) {
-        int64_t i0 = g->group_starts[grp], i1 = g->group_starts[grp + 1];
+        int64_t i0 = t->a->group_starts[grp], i1 = t->a->group_starts[grp + 1];
         box_radius(q, d, i0, i1, &box);
-        int shared = i1 - i0 > 1 && box.radius <= g->shared_radius;
+        int shared = i1 - i0 > 1 && box.radius <= t->a->shared_radius;
         if (d == 1) {
             /* No coordinate across the rows: one row, at distance 0. */
             hints[0] = hints[1] = hints[2] = hints[3] = -1;
@@ -307,21 +307,21 @@ VECTOR_CLONES static void FN(accumulate_groups)(const RowSumTables *t, const Gro
         int64_t lines = d == 3 ? 2 * reach + 1 : 1;
         for (int64_t line = 0; line < lines; line++) {
             int64_t c1 = d == 3 ? own1 + line - reach : 0;
-            if (d == 3 && (c1 < t->cell_lo[0] || c1 > t->cell_hi[0])) continue;
+            if (d == 3 && (c1 < t->a->cell_lo[0] || c1 > t->a->cell_hi[0])) continue;
             int64_t ptr = -1;
             for (int64_t step = 0; step < 2 * reach + 1; step++) {
                 int64_t c = own_last + step - reach;
-                if (c < t->cell_lo[last] || c > t->cell_hi[last]) continue;
-                int64_t key = (c - t->origin[last]) * t->strides[last];
-                if (d == 3) key += (c1 - t->origin[0]) * t->strides[0];
+                if (c < t->a->cell_lo[last] || c > t->a->cell_hi[last]) continue;
+                int64_t key = (c - t->a->origin[last]) * t->a->strides[last];
+                if (d == 3) key += (c1 - t->a->origin[0]) * t->a->strides[0];
                 /* One binary search per line; the line's keys are consecutive. */
-                if (ptr < 0) ptr = lower_bound_int(t->row_keys, 0, t->n_rows, key);
-                while (ptr < t->n_rows && t->row_keys[ptr] < key) ptr++;
-                if (ptr >= t->n_rows || t->row_keys[ptr] != key) continue;
+                if (ptr < 0) ptr = lower_bound_int(t->a->row_keys, 0, t->a->n_rows, key);
+                while (ptr < t->a->n_rows && t->a->row_keys[ptr] < key) ptr++;
+                if (ptr >= t->a->n_rows || t->a->row_keys[ptr] != key) continue;
                 double lo_last = (double)c / (double)m, hi_last = (double)(c + 1) / (double)m;
                 double lo_1 = (double)c1 / (double)m, hi_1 = (double)(c1 + 1) / (double)m;
                 if (shared) {
-                    FN(shared_row_sums)(t, g, i0, i1, ptr, lo_last, hi_last, lo_1, hi_1, &box, scratch);
+                    FN(shared_row_sums)(t, i0, i1, ptr, lo_last, hi_last, lo_1, hi_1, &box, scratch);
                     continue;
                 }
                 hints[0] = hints[1] = hints[2] = hints[3] = -1;
@@ -339,7 +339,7 @@ VECTOR_CLONES static void FN(accumulate_groups)(const RowSumTables *t, const Gro
                     }
                     rho_min2 += gap * gap;
                     rho_max2 += far * far;
-                    if (rho_min2 > 1.0 + t->margin) continue;
+                    if (rho_min2 > 1.0 + t->a->margin) continue;
                     REAL s0 = seeds[i * d], s1 = seeds[i * d + 1], s2 = d == 3 ? seeds[i * d + 2] : s0;
                     int64_t a[4];
                     FN(row_sums)(t, q[i * d], s0, s1, s2, ptr, rho_min2, rho_max2, hints, a);

@@ -78,10 +78,9 @@ def typical_extent(scaled: torch.Tensor) -> float:
     if not scaled.numel():
         return 0.0
     largest = scaled.abs().amax(1)
-    k = max(1, math.ceil(0.99 * largest.shape[0]))
-    if k >= largest.shape[0] and largest.shape[0] > 1:
-        k = largest.shape[0] - 1
-    return float(largest.kthvalue(k).values)
+    n = largest.shape[0]
+    # The 99th percentile, and never the maximum itself unless it is all there is.
+    return float(largest.kthvalue(min(max(1, n - 1), math.ceil(0.99 * n))).values)
 
 
 def flat_edge_for(dtype: torch.dtype, n_features: int, extent: float) -> float:
@@ -140,10 +139,7 @@ def squared_distances(queries: torch.Tensor, points: torch.Tensor, near: float |
     """
     n_features = queries.shape[1]
     if n_features <= EXACT_DIFFERENCE_MAX_FEATURES:
-        d2 = (queries[:, 0, None] - points[None, :, 0]).square_()
-        for j in range(1, n_features):
-            d2 += (queries[:, j, None] - points[None, :, j]).square_()
-        return d2
+        return summed_squared_differences(queries[:, None, :], points[None, :, :])
     d2 = torch.addmm(points.square().sum(1), queries, points.T, alpha=-2.0)
     d2 += queries.square().sum(1, keepdim=True)
     d2.clamp_min_(0.0)
@@ -169,12 +165,24 @@ def refine_near_edge(d2: torch.Tensor, queries: torch.Tensor, points: torch.Tens
     if not close.shape[0]:
         return
     *batch, row, col = close.unbind(1)
-    q = queries[(*batch, row)]
-    x = points[(*batch, col)]
-    exact = (q[:, 0] - x[:, 0]).square()
-    for j in range(1, q.shape[1]):
-        exact += (q[:, j] - x[:, j]).square()
-    d2[(*batch, row, col)] = exact
+    d2[(*batch, row, col)] = summed_squared_differences(queries[(*batch, row)], points[(*batch, col)])
+
+
+def summed_squared_differences(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``sum_j (a_j - b_j)**2`` over the last axis, feature by feature in order (broadcasting the others).
+
+    The exact formula: no cancellation, so a distance exactly on an edge
+    stays there up to the rounding of the inputs.
+
+    Examples
+    --------
+    >>> summed_squared_differences(torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 4.0]])).tolist()
+    [25.0]
+    """
+    d2 = (a[..., 0] - b[..., 0]).square_()
+    for j in range(1, a.shape[-1]):
+        d2 += (a[..., j] - b[..., j]).square_()
+    return d2
 
 
 def kernel_weights(d2: torch.Tensor, kernel: str) -> torch.Tensor:

@@ -151,13 +151,22 @@ class RowSumIndex:
         self.offsets = torch.tensor(offsets, dtype=torch.long, device=device).reshape(len(offsets), d - 1)
 
     @functools.cached_property
-    def feature_major(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The points, (d, n), and the summands, (d + 1, n), one contiguous row per feature.
+    def compiled_tables(self) -> dict:
+        """The arrays as contiguous numpy views, by their name in :class:`meanshift_gpu._compiled.RowSumArgs`,
+        and the longest row.
 
-        The compiled band loop reads them so; built on first use (only the
-        compiled step needs them) and kept for the fit's later steps.
+        The points, (d, n), and the summands, (d + 1, n), are copied
+        feature-major: the compiled band loop reads one contiguous row per
+        feature.  Built on first use (only the compiled step needs them) and
+        kept for the fit's later steps.
         """
-        return self.points.T.contiguous(), self.summands.T.contiguous()
+        arrays = {"row_keys": self.row_keys, "row_bounds": self.row_bounds, "first": self.first_coordinate,
+                  "coords": self.points.T, "sums": self.summands.T, "prefix": self.prefix, "origin": self.origin,
+                  "strides": self.strides, "cell_lo": self.cell_lo, "cell_hi": self.cell_hi}
+        tables = {name: a.contiguous().numpy() for name, a in arrays.items()}
+        bounds = tables["row_bounds"]
+        tables["longest_row"] = int(np.max(bounds[1:] - bounds[:-1])) if bounds.shape[0] > 1 else 0
+        return tables
 
     def _search(self, rank: torch.Tensor, x0: torch.Tensor, right: bool) -> torch.Tensor:
         inside_slot = (x0 - self.x0_min + 4.0).clamp_(0.5, self.span - 0.5)
@@ -369,22 +378,23 @@ def compiled_rowsum_step(seeds: torch.Tensor, index: RowSumIndex, shared_radius:
         )
     from ._compiled import RowSumArgs, rowsum_accumulate, split_groups
 
-    tables = _tables(index)
+    tables = index.compiled_tables
     shared_radius = SHARED_RADIUS.get(seeds.shape[1], 0.0) if shared_radius is None else shared_radius
 
     def accumulate(ordered, index_, acc, max_pairs):
         # Compact groups (seeds close in every coordinate) can share their rows' work.
-        order, keys, codes, top_bit = _compact_order(ordered.to(torch.float64), index_)
+        geometry = ordered.to(torch.float64)
+        order, keys, codes, top_bit = _compact_order(geometry, index_)
         groups = split_groups(keys, codes, top_bit, _GROUP_SEEDS)
         compact = torch.from_numpy(order)
-        q = ordered[compact].to(torch.float64).contiguous().numpy()
+        q = geometry[compact].contiguous().numpy()
         own = ordered[compact].contiguous().numpy()
         sums = torch.zeros_like(acc)
-        acc_array = sums.numpy()
         args = RowSumArgs(
             d=own.shape[1], m=int(index_.m), n_rows=tables["row_keys"].shape[0], longest_row=tables["longest_row"],
-            n_points=tables["first"].shape[0], margin=interior_margin(), edge=flat_edge(), shared_radius=float(shared_radius), q=q.ctypes.data, seeds=own.ctypes.data,
-            group_starts=groups.ctypes.data, acc=acc_array.ctypes.data,
+            n_points=tables["first"].shape[0], margin=interior_margin(), edge=flat_edge(),
+            shared_radius=float(shared_radius), q=q.ctypes.data, seeds=own.ctypes.data,
+            group_starts=groups.ctypes.data, acc=sums.numpy().ctypes.data,
             **{name: array.ctypes.data for name, array in tables.items() if name != "longest_row"},
         )
         n_threads, pieces = _pieces(groups)
@@ -482,18 +492,6 @@ def _pieces(group_starts: np.ndarray) -> tuple[int, np.ndarray]:
     cuts = np.searchsorted(group_starts, np.linspace(0, group_starts[-1], _PIECES_PER_THREAD * threads + 1)[1:-1])
     bounds = [0, *sorted(set(int(b) for b in cuts) - {0, n_groups}), n_groups]
     return threads, np.array(bounds, dtype=np.int64)
-
-
-def _tables(index: RowSumIndex) -> dict:
-    """The index's arrays as contiguous numpy views (shared memory), by their name in ``RowSumArgs``."""
-    coords, sums = index.feature_major
-    arrays = {"row_keys": index.row_keys, "row_bounds": index.row_bounds, "first": index.first_coordinate,
-              "coords": coords, "sums": sums, "prefix": index.prefix, "origin": index.origin,
-              "strides": index.strides, "cell_lo": index.cell_lo, "cell_hi": index.cell_hi}
-    tables = {name: a.contiguous().numpy() for name, a in arrays.items()}
-    bounds = tables["row_bounds"]
-    tables["longest_row"] = int(np.max(bounds[1:] - bounds[:-1])) if bounds.shape[0] > 1 else 0
-    return tables
 
 
 def _summands(z: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, float, float]:

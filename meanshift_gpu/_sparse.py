@@ -47,7 +47,9 @@ import math
 
 import torch
 
-from ._reference import EXACT_DIFFERENCE_MAX_FEATURES, KERNELS, StepResult, flat_edge, refine_near_edge
+from ._reference import (
+    EXACT_DIFFERENCE_MAX_FEATURES, KERNELS, StepResult, flat_edge, refine_near_edge, summed_squared_differences,
+)
 
 __all__ = ["blocked_step", "candidate_step", "check_blocks", "DEFAULT_MAX_PAIRS"]
 
@@ -142,11 +144,8 @@ def _squared_distances(q: torch.Tensor, x: torch.Tensor, near: float | None = No
     (``near``: see :func:`meanshift_gpu._reference.squared_distances`)."""
     n_features = q.shape[-1]
     if n_features <= EXACT_DIFFERENCE_MAX_FEATURES:
-        # Same order of operations as the reference: bit-identical distances.
-        d2 = (q[..., :, None, 0] - x[..., None, :, 0]).square_()
-        for j in range(1, n_features):
-            d2 += (q[..., :, None, j] - x[..., None, :, j]).square_()
-        return d2
+        # The reference's formula: bit-identical distances.
+        return summed_squared_differences(q[..., :, None, :], x[..., None, :, :])
     d2 = torch.baddbmm(x.square().sum(-1)[:, None, :], q, x.transpose(1, 2), alpha=-2.0)
     d2 += q.square().sum(-1)[:, :, None]
     d2.clamp_min_(0.0)

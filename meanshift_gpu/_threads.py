@@ -82,20 +82,19 @@ def ascent_threads(device: torch.device):
     faiss = sys.modules.get("faiss")
     faiss_before = faiss.omp_get_max_threads() if faiss is not None else None
     _local.threads = threads
+    # Threads start on the first task (fresh ones take torch's global setting: 1 here).
+    _local.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="meanshift-step")
     torch.set_num_threads(1)
     if faiss is not None:
         faiss.omp_set_num_threads(1)
     try:
         yield threads
     finally:
-        pool = getattr(_local, "pool", None)
-        if pool is not None:
-            pool.shutdown()
-            _local.pool = None
+        _local.pool.shutdown()
         torch.set_num_threads(before)
         if faiss is not None:
             faiss.omp_set_num_threads(faiss_before)
-        _local.threads = None
+        _local.threads = _local.pool = None
 
 
 def split_across_threads(step, threads: int):
@@ -135,28 +134,12 @@ def split_across_threads(step, threads: int):
                 with using_flat_edge(edge):
                     return step(piece, kernel, blocks)
 
-            results = list(_pool(threads).map(one, pieces))
+            pool = getattr(_local, "pool", None)
+            if pool is not None:
+                results = list(pool.map(one, pieces))
+            else:  # outside ascent_threads: threads for this call only
+                with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="meanshift-step") as own:
+                    results = list(own.map(one, pieces))
         return StepResult(torch.cat([r.positions for r in results]), torch.cat([r.log_density for r in results]))
 
     return split
-
-
-def _pool(threads: int) -> ThreadPoolExecutor:
-    """The threads of the current :func:`ascent_threads` block (closed at its end), or new ones."""
-    if getattr(_local, "threads", None) is None:
-        # Outside a block: a pool per call, so that no thread outlives it.
-        return _ClosingPool(threads)
-    pool = getattr(_local, "pool", None)
-    if pool is None:
-        # Fresh threads take torch's global setting (1 within the block) on their first operation.
-        pool = _local.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="meanshift-step")
-    return pool
-
-
-class _ClosingPool:
-    def __init__(self, threads: int):
-        self.threads = threads
-
-    def map(self, fn, items):
-        with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="meanshift-step") as pool:
-            return list(pool.map(fn, items))

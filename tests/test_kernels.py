@@ -26,15 +26,9 @@ triton = pytest.importorskip("triton", reason="Triton is not installed")
 from meanshift_gpu import MeanShift, _reference, kernels  # noqa: E402
 from meanshift_gpu.kernels import _common  # noqa: E402
 
-_mode_problem = _common.triton_mode_error()
-if _mode_problem is not None:
-    pytest.skip(f"Triton kernels cannot run in this session: {_mode_problem}", allow_module_level=True)
-if _common.INTERPRETED:
-    DEVICE = torch.device("cpu")
-elif torch.cuda.is_available():
-    DEVICE = torch.device("cuda")
-else:
-    pytest.skip("TRITON_INTERPRET=0 and no CUDA device: the kernels cannot run", allow_module_level=True)
+DEVICE, _why_not = _common.kernel_device()
+if DEVICE is None:
+    pytest.skip(_why_not, allow_module_level=True)
 
 import triton.language as tl  # noqa: E402
 

@@ -113,7 +113,7 @@ def lesson_loop_step(seeds: torch.Tensor, data: torch.Tensor, kernel: str, batch
 
 
 def torch_engine_step(seeds, data, kernel):
-    from meanshift_gpu._engine import auto_blocks
+    from meanshift_gpu._engine.ascent import auto_blocks
 
     blocks = auto_blocks(data.device, "auto", data.dtype)
     return _reference.mean_shift_step(

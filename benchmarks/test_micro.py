@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from meanshift_gpu import _reference
-from meanshift_gpu._engine import auto_blocks, merge_modes
+from meanshift_gpu._engine.ascent import auto_blocks, merge_modes
 
 from .cases import make_blobs_data
 

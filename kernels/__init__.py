@@ -14,7 +14,7 @@ contracts of :mod:`meanshift_gpu._reference`, which is their test oracle:
 - :func:`kth_neighbor_distance`: k-th-neighbour distance (bandwidth estimate);
 - :func:`blocked_step` / :func:`candidate_step`: block-sparse steps that read
   only candidate points (neighbour pruning), contracts of
-  :mod:`meanshift_gpu._sparse`.
+  :mod:`meanshift_gpu._neighbors.blocked`.
 
 They run compiled on CUDA tensors, or on CPU tensors under Triton's
 interpreter (``TRITON_INTERPRET=1``, which must be set before Triton is first
@@ -231,7 +231,7 @@ def blocked_step(
     its candidates ``block_indices[block_starts[b]:block_starts[b + 1]]`` are
     gathered tile by tile and streamed past the block as in
     :func:`mean_shift_step`.  Same contract as
-    :func:`meanshift_gpu._sparse.blocked_step` (results match it to float32
+    :func:`meanshift_gpu._neighbors.blocked.blocked_step` (results match it to float32
     rounding): per block, the dense step on ``data[candidates]``.
 
     Parameters
@@ -301,7 +301,7 @@ def candidate_step(
 ) -> "StepResult":
     """Fused per-seed candidate step: seed ``i`` reads ``data[candidates[i]]`` only.
 
-    Same contract as :func:`meanshift_gpu._sparse.candidate_step`: negative
+    Same contract as :func:`meanshift_gpu._neighbors.blocked.candidate_step`: negative
     entries (``-1``, as faiss returns them) are padding; the result for each
     seed is the dense step on its listed points.  Distances are per-feature
     differences in float32 (no dot products, so no reduced precision).

@@ -2,7 +2,7 @@
 
 The fit's hot loop.  Each launch moves every listed seed that has not stopped
 one step and updates its state in place, following scikit-learn's
-``_mean_shift_single_seed`` rules exactly as :func:`meanshift_gpu._engine.ascend_seeds`
+``_mean_shift_single_seed`` rules exactly as :func:`meanshift_gpu._engine.ascent.ascend_seeds`
 does on the host:
 
 - a seed whose window is empty keeps its position and stops (density sum 0);

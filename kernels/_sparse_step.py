@@ -1,7 +1,7 @@
 """Block-sparse fused mean-shift steps: each seed reads only its candidate points.
 
-Triton versions of :func:`meanshift_gpu._sparse.blocked_step` and
-:func:`meanshift_gpu._sparse.candidate_step` (same contracts; those torch
+Triton versions of :func:`meanshift_gpu._neighbors.blocked.blocked_step` and
+:func:`meanshift_gpu._neighbors.blocked.candidate_step` (same contracts; those torch
 functions are the test oracle).  The design follows the dense kernel in
 :mod:`._mean_shift_step`, with the data tile *gathered* through an index list
 instead of read as a contiguous slice:
@@ -416,7 +416,7 @@ def blocked_step(
 ):
     """Fused block-sparse step (see the module docstring); contract of ``_sparse.blocked_step``."""
     from meanshift_gpu._reference import StepResult
-    from meanshift_gpu._sparse import _Accumulator, check_blocks
+    from meanshift_gpu._neighbors.blocked import _Accumulator, check_blocks
 
     seeds32, data32, weights32, out_dtype = _prepare(seeds, data, weights, kernel, precision)
     check_device(seeds, block_starts, block_indices)

@@ -14,9 +14,9 @@ feature_bandwidths
     Per-feature bandwidths from per-group values (features in mixed units).
 """
 
-from ._bandwidth import estimate_bandwidth
+from ._bandwidth.estimate import estimate_bandwidth
 from ._estimator import MeanShift, mean_shift
-from ._bandwidth import feature_bandwidths
+from ._bandwidth.estimate import feature_bandwidths
 from ._seeding import get_bin_seeds
 
 __version__ = "0.1.0"

@@ -1,7 +1,7 @@
 """The scikit-learn compatible ``MeanShift`` estimator and ``mean_shift`` function.
 
 The estimator only validates, resolves its settings into private attributes and
-calls the engine; the algorithms live in :mod:`meanshift_gpu._engine`.
+calls the engine; the algorithms live in :mod:`meanshift_gpu._engine.ascent`.
 """
 
 from __future__ import annotations
@@ -15,18 +15,18 @@ from sklearn.base import BaseEstimator, ClusterMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from . import _engine
-from ._backends import resolve_backend
-from ._adaptive import PointBandwidths, adaptive_backend
-from ._bandwidth import estimate_bandwidth, feature_bandwidths
-from ._bandwidth_rules import RULE_NAMES, resolve_rule, unknown_rule_message
+from ._engine import ascent as _engine
+from ._engine.backends import resolve_backend
+from ._bandwidth.adaptive import PointBandwidths, adaptive_backend
+from ._bandwidth.estimate import estimate_bandwidth, feature_bandwidths
+from ._bandwidth.rules import RULE_NAMES, resolve_rule, unknown_rule_message
 from ._neighbors import (
     _GRID_MAX_FEATURES, NEIGHBOR_METHODS, build_pruner, check_neighbor_options, choose_method, kernel_reach,
 )
-from ._grid import GridIndex
+from ._neighbors.grid import GridIndex
 from ._reference import KERNELS, flat_edge, flat_edge_for, typical_extent, using_flat_edge
 from ._seeding import bin_seeds
-from ._threads import ascent_threads, split_across_threads, usable_threads
+from ._engine.threads import ascent_threads, split_across_threads, usable_threads
 from ._validation import (
     as_tensor,
     check_bandwidth_value,

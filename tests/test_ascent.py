@@ -22,8 +22,9 @@ pytestmark = pytest.mark.kernels
 
 triton = pytest.importorskip("triton", reason="Triton is not installed")
 
-from meanshift_gpu import MeanShift, _engine, _reference  # noqa: E402
-from meanshift_gpu._backends import Blocks, resolve_backend  # noqa: E402
+from meanshift_gpu import MeanShift, _reference  # noqa: E402
+from meanshift_gpu._engine import ascent as _engine  # noqa: E402
+from meanshift_gpu._engine.backends import Blocks, resolve_backend  # noqa: E402
 from meanshift_gpu.kernels import _ascent, _common  # noqa: E402
 from meanshift_gpu.kernels._tiles import Tile  # noqa: E402
 

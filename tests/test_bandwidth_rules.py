@@ -22,9 +22,9 @@ from sklearn.datasets import load_iris, make_blobs
 from sklearn.metrics import adjusted_rand_score
 
 from meanshift_gpu import MeanShift, feature_bandwidths
-from meanshift_gpu._backends import resolve_backend
-from meanshift_gpu._adaptive import PointBandwidths
-from meanshift_gpu._bandwidth_rules import (
+from meanshift_gpu._engine.backends import resolve_backend
+from meanshift_gpu._bandwidth.adaptive import PointBandwidths
+from meanshift_gpu._bandwidth.rules import (
     _persistent_plateau,
     bandwidth_path,
     resolve_rule,

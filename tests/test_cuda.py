@@ -35,7 +35,7 @@ import torch
 from sklearn.datasets import make_blobs
 
 from meanshift_gpu import MeanShift, estimate_bandwidth, mean_shift
-from meanshift_gpu._backends import resolve_backend
+from meanshift_gpu._engine.backends import resolve_backend
 
 pytestmark = pytest.mark.cuda
 
@@ -164,8 +164,9 @@ from sklearn.datasets import make_blobs
 
 cap, out = int(sys.argv[1]), sys.argv[2]
 torch.cuda.set_per_process_memory_fraction(cap / torch.cuda.get_device_properties(0).total_memory)
-from meanshift_gpu import MeanShift, _engine
-from meanshift_gpu._backends import Blocks, resolve_backend
+from meanshift_gpu import MeanShift
+from meanshift_gpu._engine import ascent as _engine
+from meanshift_gpu._engine.backends import Blocks, resolve_backend
 
 cuda = torch.device("cuda")
 X, _ = make_blobs(12000, n_features=2, centers=3, cluster_std=1.0, center_box=(-10.0, 10.0), random_state=3)

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from meanshift_gpu import _compiled, _engine
-from meanshift_gpu._backends import Blocks, resolve_backend
+from meanshift_gpu._engine import ascent as _engine
+from meanshift_gpu._neighbors import compiled as _compiled
+from meanshift_gpu._engine.backends import Blocks, resolve_backend
 
 CPU = torch.device("cpu")
 OOM = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError

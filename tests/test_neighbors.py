@@ -13,8 +13,9 @@ import torch
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from meanshift_gpu import MeanShift, _engine, _neighbors
-from meanshift_gpu._grid import GridIndex, grid_mean_shift_step
+from meanshift_gpu import MeanShift, _neighbors
+from meanshift_gpu._engine import ascent as _engine
+from meanshift_gpu._neighbors.grid import GridIndex, grid_mean_shift_step
 from meanshift_gpu._reference import mean_shift_step
 
 

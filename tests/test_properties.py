@@ -34,8 +34,8 @@ from hypothesis import strategies as st
 from sklearn.metrics import adjusted_rand_score
 
 from meanshift_gpu import MeanShift
-from meanshift_gpu import _engine
-from meanshift_gpu._backends import Blocks, resolve_backend
+from meanshift_gpu._engine import ascent as _engine
+from meanshift_gpu._engine.backends import Blocks, resolve_backend
 
 _EXAMPLES = int(os.environ.get("MEANSHIFT_GPU_HYPOTHESIS_EXAMPLES", "15"))
 PROPERTY = settings(

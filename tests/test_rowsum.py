@@ -1,4 +1,4 @@
-"""Row prefix sums (``meanshift_gpu._rowsum``): the exact flat step without testing most points.
+"""Row prefix sums (``meanshift_gpu._neighbors.rowsum``): the exact flat step without testing most points.
 
 The torch row sums run on every device (they are the GPU's exact 1-D/2-D flat
 step): the step's checks and the fits take the ``device`` argument (CPU, and
@@ -14,9 +14,10 @@ import pytest
 import torch
 from sklearn.datasets import make_blobs
 
-from meanshift_gpu import MeanShift, _neighbors, _rowsum
+from meanshift_gpu import MeanShift, _neighbors
+from meanshift_gpu._neighbors import rowsum as _rowsum
 from meanshift_gpu._reference import mean_shift_step
-from meanshift_gpu._rowsum import RowSumIndex, rowsum_step
+from meanshift_gpu._neighbors.rowsum import RowSumIndex, rowsum_step
 
 
 def _dense(seeds, data, weights=None):
@@ -208,7 +209,7 @@ def test_data_spanning_too_many_bandwidths_fall_back_to_the_batched_grid(monkeyp
 
 
 def test_window_estimate_and_cells_per_bandwidth():
-    from meanshift_gpu._grid import GridIndex
+    from meanshift_gpu._neighbors.grid import GridIndex
 
     gen = torch.Generator().manual_seed(0)
     data = torch.rand(20000, 2, generator=gen, dtype=torch.float64) * 60.0  # ~17 points per unit disc

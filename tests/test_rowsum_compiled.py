@@ -1,4 +1,4 @@
-"""The compiled row sums (the ``meanshift_gpu._native`` C extension) against the torch row sums and dense.
+"""The compiled row sums (the ``meanshift_gpu._neighbors._native`` C extension) against the torch row sums and dense.
 
 CPU only: the compiled loop runs on CPU tensors ("auto" never takes it for
 data on a GPU), so every fit here passes ``device="cpu"``.
@@ -9,11 +9,12 @@ import pytest
 import torch
 from sklearn.datasets import make_blobs
 
-from meanshift_gpu import MeanShift, _neighbors, _rowsum
+from meanshift_gpu import MeanShift, _neighbors
+from meanshift_gpu._neighbors import rowsum as _rowsum
 from meanshift_gpu._reference import mean_shift_step
-from meanshift_gpu._rowsum import RowSumIndex, compiled_rowsum_step, rowsum_step
+from meanshift_gpu._neighbors.rowsum import RowSumIndex, compiled_rowsum_step, rowsum_step
 
-from meanshift_gpu._compiled import unavailable
+from meanshift_gpu._neighbors.compiled import unavailable
 
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason=f"{unavailable()}")
 
@@ -85,7 +86,7 @@ def test_groups_sharing_their_rows_change_no_bit(n_features, dtype, weighted):
 
 
 def test_compact_groups_share_a_row_cell_and_are_small():
-    from meanshift_gpu._compiled import split_groups
+    from meanshift_gpu._neighbors.compiled import split_groups
 
     g = torch.Generator().manual_seed(2)
     # Seeds crowded around two modes, as late in a fit, plus scattered ones.

@@ -17,7 +17,8 @@ import math  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from meanshift_gpu import _reference, _sparse  # noqa: E402
+from meanshift_gpu import _reference  # noqa: E402
+from meanshift_gpu._neighbors import blocked as _sparse  # noqa: E402
 
 KERNELS = ("flat", "gaussian", "epanechnikov")
 EPS32 = torch.finfo(torch.float32).eps

@@ -26,8 +26,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from ._backends import Backend, Blocks
-from ._reference import KERNELS, StepResult, squared_distances
+from .._engine.backends import Backend, Blocks
+from .._reference import KERNELS, StepResult, squared_distances
 
 # Relative bandwidths are clipped to [1/_MAX_RATIO, _MAX_RATIO] around the
 # median: a point with >= k exact duplicates has a k-th neighbour distance of
@@ -62,7 +62,7 @@ def relative_bandwidths(
     Examples
     --------
     >>> import torch
-    >>> from meanshift_gpu._backends import Blocks, resolve_backend
+    >>> from meanshift_gpu._engine.backends import Blocks, resolve_backend
     >>> x = torch.tensor([[0.0], [1.0], [2.0], [10.0]], dtype=torch.float64)
     >>> backend = resolve_backend("torch", x.device)
     >>> relative_bandwidths(x, 2, backend, Blocks(256, 4096)).tolist()

@@ -8,7 +8,7 @@ seeds iterate on the worker that owns them and migrate between rounds when
 they cross a border, and only halos, migrating seeds and final modes travel.
 Each worker runs the single-machine engine (Triton kernels on its GPU when it
 has one, neighbour pruning as ``neighbors`` says).  See ``docs/dask.md`` and
-:mod:`meanshift_gpu._dask_engine` for the design.
+:mod:`meanshift_gpu.dask.engine` for the design.
 
 Needs the optional extra ``dask`` (``pip install 'meanshift-gpu[dask]'``:
 ``dask[array]`` and ``distributed``).
@@ -35,15 +35,15 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "(or pip install 'dask[array]' distributed)"
     ) from exc
 
-from . import _dask_engine as eng
-from . import _engine
-from ._backends import resolve_backend
-from ._bandwidth import estimate_bandwidth, feature_bandwidths
-from ._bandwidth_rules import RULE_NAMES, effective_sample_size, resolve_rule, unknown_rule_message
-from ._estimator import MeanShift as _SingleMachineMeanShift
-from ._neighbors import check_neighbor_options, kernel_reach
-from ._reference import flat_edge_for, typical_extent, using_flat_edge
-from ._validation import as_tensor, check_bandwidth_value, check_points, compute_dtype, resolve_device
+from . import engine as eng
+from .._engine import ascent as _engine
+from .._engine.backends import resolve_backend
+from .._bandwidth.estimate import estimate_bandwidth, feature_bandwidths
+from .._bandwidth.rules import RULE_NAMES, effective_sample_size, resolve_rule, unknown_rule_message
+from .._estimator import MeanShift as _SingleMachineMeanShift
+from .._neighbors import check_neighbor_options, kernel_reach
+from .._reference import flat_edge_for, typical_extent, using_flat_edge
+from .._validation import as_tensor, check_bandwidth_value, check_points, compute_dtype, resolve_device
 
 __all__ = ["MeanShift"]
 
@@ -249,7 +249,7 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
         data = torch.as_tensor(np.ascontiguousarray(X)).to(dtype)
         weights = None
         if sample_weight is not None:
-            from ._validation import check_sample_weight
+            from .._validation import check_sample_weight
 
             weights = check_sample_weight(sample_weight, X.shape[0], torch.device("cpu"), dtype)
         # The same offset as the single-machine fit (the median: one far outlier

@@ -3,7 +3,7 @@
  * Included twice by _native.c, with REAL = float / double and SFX = f32 / f64:
  * the band tests and merge distances run in the seeds' (data's) dtype, the
  * geometry (row bounds, searches, group boxes) in double.  Line for line the
- * algorithm of meanshift_gpu/_rowsum.py's vectorised step (see its docstring
+ * algorithm of meanshift_gpu/_neighbors/rowsum.py's vectorised step (see its docstring
  * and _native.c's): the same int64 fixed-point summands, interior margin and
  * band formula, so results equal it bit for bit.
  */

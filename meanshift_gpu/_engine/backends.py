@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from . import _reference
+from .. import _reference
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Backend:
     # Stricter check for backend="auto" (e.g. never pick an interpreter); None = same.
     auto_unavailable: Callable[[torch.device], str | None] | None = None
     # Block-sparse step for neighbour pruning, with the contract of
-    # meanshift_gpu._sparse.blocked_step; None = the torch version.
+    # meanshift_gpu._neighbors.blocked.blocked_step; None = the torch version.
     blocked_step: Callable | None = None
 
 
@@ -134,7 +134,7 @@ def _triton_unavailable(device: torch.device) -> str | None:
 
 def _triton_module():
     try:
-        from . import kernels
+        from .. import kernels
     except ImportError as exc:  # pragma: no cover - packaging error
         raise RuntimeError("meanshift_gpu.kernels is missing from this installation") from exc
     if not hasattr(kernels, "mean_shift_step"):
@@ -169,7 +169,7 @@ def _triton_blocked(seeds, data, weights, block_starts, block_indices, *, kernel
         # The block-sparse kernel has no truncation radius (the torch step keeps
         # the Gaussian independent of how seeds were blocked) and computes in
         # float32 (float64 data keep float64, as above).
-        from ._sparse import blocked_step
+        from .._neighbors.blocked import blocked_step
 
         return blocked_step(
             seeds, data, weights, block_starts, block_indices,

@@ -44,7 +44,7 @@ the halos.  Afterwards only migrating seeds (position + iteration count) and
 the final modes (deduplicated per partition) travel.
 
 *Results.*  The driver merges the modes of all partitions with
-:func:`meanshift_gpu._engine.merge_modes` (exact duplicates collapse; the
+:func:`meanshift_gpu._engine.ascent.merge_modes` (exact duplicates collapse; the
 order-dependent merge itself runs once, on all candidates, so it is exactly
 the single-machine merge) and labels are the nearest center of each point,
 computed chunk by chunk.
@@ -59,12 +59,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import _engine
-from ._backends import resolve_backend
-from ._reference import using_flat_edge
-from ._neighbors import build_pruner, check_neighbor_options, choose_method, kernel_reach
-from ._grid import GridIndex
-from ._validation import resolve_device
+from .._engine import ascent as _engine
+from .._engine.backends import resolve_backend
+from .._reference import using_flat_edge
+from .._neighbors import build_pruner, check_neighbor_options, choose_method, kernel_reach
+from .._neighbors.grid import GridIndex
+from .._validation import resolve_device
 
 
 @dataclass(frozen=True)
@@ -282,7 +282,7 @@ def ascend_owned(
 ):
     """Move seeds uphill while they stay in partition ``p``'s slab.
 
-    Runs :func:`meanshift_gpu._engine.ascend_seeds` (same stopping rule,
+    Runs :func:`meanshift_gpu._engine.ascent.ascend_seeds` (same stopping rule,
     same exact deduplication) with the seeds' iteration counts so far (they
     may have iterated elsewhere) and a ``leaves`` test: a seed that is still
     moving after a step that carried it out of the slab stops here and is
@@ -394,7 +394,7 @@ def _ascend_partition(part: dict, batches: list, plan: Plan) -> dict:
 def _unique_modes(positions: torch.Tensor, log_density: torch.Tensor):
     """Exact duplicates collapsed (max intensity), non-finite dropped.
 
-    :func:`meanshift_gpu._engine.merge_modes` starts with exactly this, so
+    :func:`meanshift_gpu._engine.ascent.merge_modes` starts with exactly this, so
     doing it per partition first leaves the merge unchanged.
     """
     valid = torch.isfinite(log_density)

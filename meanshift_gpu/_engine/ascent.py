@@ -3,7 +3,7 @@
 Everything here works in scaled coordinates (data centred and divided by the
 bandwidth), so the kernel has radius / sigma 1 and the window test is
 ``squared distance <= 1``.  The hot operations come from a backend (see
-:mod:`meanshift_gpu._backends`); this module owns the iteration logic, which
+:mod:`meanshift_gpu._engine.backends`); this module owns the iteration logic, which
 follows scikit-learn's ``_mean_shift_single_seed`` exactly.
 """
 
@@ -16,8 +16,8 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 
-from ._backends import Backend, Blocks
-from ._reference import EXACT_DIFFERENCE_MAX_FEATURES, flat_edge, squared_distances
+from .backends import Backend, Blocks
+from .._reference import EXACT_DIFFERENCE_MAX_FEATURES, flat_edge, squared_distances
 
 # Pairwise tile on the CPU: ~1M elements keeps a tile in L2/L3 cache, which on
 # 2 cores beat larger tiles by 2-3x in our measurements.
@@ -259,7 +259,7 @@ def fused_ascent_unavailable(config: "EngineConfig", n_features: int) -> str | N
     """
     if config.backend.name != "triton":
         return f"backend {config.backend.name!r} has no fused ascent kernel"
-    from .kernels import _ascent_max_features
+    from ..kernels import _ascent_max_features
 
     if not 1 <= n_features <= _ascent_max_features():
         return f"{n_features} features: the fused ascent unrolls 1 to {_ascent_max_features()}"
@@ -287,7 +287,7 @@ def ascend_fused(
     ``ranges`` (a :class:`meanshift_gpu.kernels._ascent.GridRanges` of the
     data), seeds are sorted by cell so a program's seeds share their cells.
     """
-    from .kernels import _ascent_module
+    from ..kernels import _ascent_module
 
     ascent_kernel = _ascent_module()
     dtype = seeds.dtype
@@ -425,7 +425,7 @@ def merge_modes(
     descending, and each kept mode removes every later one within distance 1
     (inclusive).  Returns the kept modes in that order.
 
-    ``grid``: look for kept modes on a hash grid (:func:`meanshift_gpu._compiled.keep_separated_modes`;
+    ``grid``: look for kept modes on a hash grid (:func:`meanshift_gpu._neighbors.compiled.keep_separated_modes`;
     CPU, 1 to 3 features, the C extension) instead of comparing with all of them;
     "auto" does so from ``_MERGE_GRID_MIN`` candidates.  Same result.
     """
@@ -474,7 +474,7 @@ def _merge_on_grid(candidates: torch.Tensor, grid: bool | str) -> torch.Tensor |
         return None
     if candidates.device.type != "cpu" or not 1 <= d <= EXACT_DIFFERENCE_MAX_FEATURES:
         return None
-    from ._compiled import MERGE_CELL_SIDE, keep_separated_modes, unavailable
+    from .._neighbors.compiled import MERGE_CELL_SIDE, keep_separated_modes, unavailable
 
     if unavailable() is not None:  # no C extension: the blockwise comparison
         return None
@@ -501,7 +501,7 @@ def _nearest_on_grid(points: torch.Tensor, centers: torch.Tensor, force: bool = 
         return None
     if points.device.type != "cpu" or not 1 <= d <= EXACT_DIFFERENCE_MAX_FEATURES or points.dtype != centers.dtype:
         return None
-    from ._compiled import nearest_on_grid, unavailable
+    from .._neighbors.compiled import nearest_on_grid, unavailable
 
     if unavailable() is not None:  # no C extension: the dense search
         return None

@@ -9,11 +9,11 @@ any set of seeds.  Methods:
     Every seed reads every point: the exact fused pass of the backend.
 ``"grid"``
     Cells of side = the kernel's reach, points sorted by cell; a seed reads its
-    own and the ``3**d - 1`` adjacent cells (:mod:`meanshift_gpu._grid`).
+    own and the ``3**d - 1`` adjacent cells (:mod:`meanshift_gpu._neighbors.grid`).
     Exact for the flat and Epanechnikov kernels.  Low dimensions only.  With
     the flat kernel in 1-D to 3-D (option ``row_sums="auto"``) the step runs
     as running sums over rows of fine cells instead
-    (:mod:`meanshift_gpu._rowsum`): only the points near each window's edge
+    (:mod:`meanshift_gpu._neighbors.rowsum`): only the points near each window's edge
     are tested one by one.  On the CPU that is a compiled loop (the C
     extension, option ``compiled="auto"``); otherwise torch, in 1-D and
     2-D only, for windows of ~400 points or more.
@@ -59,13 +59,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ._backends import Blocks
-from ._grid import GridIndex, grid_mean_shift_step
-from ._reference import StepResult, flat_edge
-from ._rowsum import (
+from .._engine.backends import Blocks
+from .grid import GridIndex, grid_mean_shift_step
+from .._reference import StepResult, flat_edge
+from .rowsum import (
     ROW_CELLS, ROWSUM_MAX_FEATURES, RowSumIndex, compiled_rowsum_step, compiled_unavailable, rowsum_step,
 )
-from ._sparse import blocked_step
+from .blocked import blocked_step
 
 NEIGHBOR_METHODS = ("auto", "dense", "grid", "lsh", "faiss")
 
@@ -400,7 +400,7 @@ def pair_budget(cap: int, blocks: Blocks) -> int:
     """Pairs a pruned step may hold at once: ``cap``, less once out-of-memory has shrunk the tiles.
 
     The dense tiles start at ``_TILE_ELEMENTS_AT_START`` elements or more;
-    every halving of them (see :func:`meanshift_gpu._engine.call_shrinking_on_oom`)
+    every halving of them (see :func:`meanshift_gpu._engine.ascent.call_shrinking_on_oom`)
     halves this budget too, so a pruned step that ran out of memory retries
     smaller instead of failing the same way again.
     """
@@ -445,7 +445,7 @@ def row_cells(n_features: int, window: float, compiled: bool = False) -> int:
 
 
 def _use_compiled(choice, device: torch.device) -> bool:
-    """Whether row sums run as the compiled CPU loop (:mod:`meanshift_gpu._compiled`).
+    """Whether row sums run as the compiled CPU loop (:mod:`meanshift_gpu._neighbors.compiled`).
 
     "auto" takes it whenever the C extension loads and the data are on the CPU; the
     torch version is the fallback, and the one used on GPUs.
@@ -463,7 +463,7 @@ def _use_compiled(choice, device: torch.device) -> bool:
 def _use_row_sums(
     choice, kernel: str, n_features: int, blocked_step, window: Callable[[], float], compiled: bool
 ) -> bool:
-    """Whether the grid runs as row prefix sums (:mod:`meanshift_gpu._rowsum`).
+    """Whether the grid runs as row prefix sums (:mod:`meanshift_gpu._neighbors.rowsum`).
 
     They need the flat kernel and at most three features.  "auto" takes the
     compiled loop whenever it can run (it beat the batched grid at every

@@ -3,7 +3,7 @@
 All rules take the data as a torch tensor (on its device, in the compute
 dtype) and return what the estimator uses: a float (isotropic) or a numpy
 array with one bandwidth per feature.  ``"adaptive"`` is resolved here too,
-into per-point bandwidths (see :mod:`meanshift_gpu._adaptive`).
+into per-point bandwidths (see :mod:`meanshift_gpu._bandwidth.adaptive`).
 
 "auto" -- the bandwidth path
 ----------------------------
@@ -38,10 +38,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import _engine
-from ._adaptive import PointBandwidths, adaptive_backend, pilot_k, relative_bandwidths
-from ._backends import Backend
-from ._bandwidth import kth_neighbor_bandwidth
+from .._engine import ascent as _engine
+from .adaptive import PointBandwidths, adaptive_backend, pilot_k, relative_bandwidths
+from .._engine.backends import Backend
+from .estimate import kth_neighbor_bandwidth
 
 FIXED_RULES = ("auto", "scott", "silverman", "knn", "sklearn")
 RULE_NAMES = FIXED_RULES + ("adaptive",)
@@ -437,7 +437,7 @@ def adaptive_bandwidths(
     """Per-point bandwidths ``h_i = h_ref * r_k(x_i) / median r_k``.
 
     ``r_k`` is the distance to the k-th neighbour with ``k ~ sqrt(n)``
-    (:func:`meanshift_gpu._adaptive.pilot_k`); the overall scale ``h_ref`` is
+    (:func:`meanshift_gpu._bandwidth.adaptive.pilot_k`); the overall scale ``h_ref`` is
     chosen by the "auto" path search run with these relative bandwidths.
 
     Variable bandwidths spread the merges of neighbouring clusters over more

@@ -1,4 +1,4 @@
-"""The compiled CPU loops (the ``meanshift_gpu._native`` C extension), called through ctypes.
+"""The compiled CPU loops (the ``meanshift_gpu._neighbors._native`` C extension), called through ctypes.
 
 The extension is built when the package is installed (``setup.py``), so a
 fit never compiles code: the first fit in a fresh process runs as fast as
@@ -79,7 +79,7 @@ def unavailable() -> str | None:
     """
     lib = _library()
     if isinstance(lib, Exception):
-        return (f"the C extension meanshift_gpu._native is not usable ({type(lib).__name__}: {lib}); "
+        return (f"the C extension meanshift_gpu._neighbors._native is not usable ({type(lib).__name__}: {lib}); "
                 "reinstall with a C compiler present (pip install -e .)")
     return None
 

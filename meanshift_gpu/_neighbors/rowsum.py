@@ -35,7 +35,7 @@ the last place of the largest key, so the search's rounding only moves points
 from the interior into the tested band, never out of both.
 
 :func:`compiled_rowsum_step` runs the same step as a compiled CPU loop
-(the C extension, :mod:`meanshift_gpu._compiled`) on the same index: it walks
+(the C extension, :mod:`meanshift_gpu._neighbors.compiled`) on the same index: it walks
 each seed group's rows instead of materialising (seed, row) and (seed, point)
 pairs, and its results equal :func:`rowsum_step`'s bit for bit.
 """
@@ -49,7 +49,7 @@ import math
 import numpy as np
 import torch
 
-from ._reference import StepResult, flat_edge
+from .._reference import StepResult, flat_edge
 
 __all__ = [
     "RowSumIndex", "rowsum_step", "compiled_rowsum_step", "compiled_unavailable", "ROW_CELLS",
@@ -152,7 +152,7 @@ class RowSumIndex:
 
     @functools.cached_property
     def compiled_tables(self) -> dict:
-        """The arrays as contiguous numpy views, by their name in :class:`meanshift_gpu._compiled.RowSumArgs`,
+        """The arrays as contiguous numpy views, by their name in :class:`meanshift_gpu._neighbors.compiled.RowSumArgs`,
         and the longest row.
 
         The points, (d, n), and the summands, (d + 1, n), are copied
@@ -332,15 +332,15 @@ def _test_band(seeds, index, acc, starts, lengths, owners) -> None:
 def compiled_unavailable() -> str | None:
     """None when the compiled row sums can run, else a sentence saying why not.
 
-    They live in the ``meanshift_gpu._native`` C extension, built when the
-    package is installed; see :func:`meanshift_gpu._compiled.unavailable`.
+    They live in the ``meanshift_gpu._neighbors._native`` C extension, built when the
+    package is installed; see :func:`meanshift_gpu._neighbors.compiled.unavailable`.
 
     Examples
     --------
     >>> compiled_unavailable() is None or "C extension" in compiled_unavailable()
     True
     """
-    from ._compiled import unavailable
+    from .compiled import unavailable
 
     return unavailable()
 
@@ -352,7 +352,7 @@ def compiled_rowsum_step(seeds: torch.Tensor, index: RowSumIndex, shared_radius:
     ----------
     seeds : Tensor of shape (n_seeds, n_features)
         Scaled seed positions (CPU tensor).
-    index : meanshift_gpu._rowsum.RowSumIndex
+    index : meanshift_gpu._neighbors.rowsum.RowSumIndex
         The data (CPU tensors).
     shared_radius : float, optional
         Groups of seeds within a ball of this radius (scaled units) share
@@ -362,7 +362,7 @@ def compiled_rowsum_step(seeds: torch.Tensor, index: RowSumIndex, shared_radius:
     Returns
     -------
     StepResult
-        Equal to :func:`meanshift_gpu._rowsum.rowsum_step` (bit for bit) and
+        Equal to :func:`meanshift_gpu._neighbors.rowsum.rowsum_step` (bit for bit) and
         to the dense flat step up to float rounding.
 
     Examples
@@ -376,7 +376,7 @@ def compiled_rowsum_step(seeds: torch.Tensor, index: RowSumIndex, shared_radius:
         raise ValueError(
             "the compiled row sums run on the CPU; use neighbor_options={'compiled': False} on other devices"
         )
-    from ._compiled import RowSumArgs, rowsum_accumulate, split_groups
+    from .compiled import RowSumArgs, rowsum_accumulate, split_groups
 
     tables = index.compiled_tables
     shared_radius = SHARED_RADIUS.get(seeds.shape[1], 0.0) if shared_radius is None else shared_radius
@@ -424,7 +424,7 @@ def _compact_order(q: torch.Tensor, index: RowSumIndex) -> tuple[np.ndarray, np.
     """Seeds ordered by their own row cell, then along a Morton (Z-order) curve.
 
     Returns the order; in that order, the own row keys and Morton codes; and
-    the codes' top bit (for :func:`meanshift_gpu._compiled.split_groups`: all seeds of a
+    the codes' top bit (for :func:`meanshift_gpu._neighbors.compiled.split_groups`: all seeds of a
     group share their row cell, so they have the same rows around them, and
     fit in a small box).  One sort of a 63-bit (run of the row cell, code)
     key, in torch: ``np.lexsort`` on the two took 0.25 s per step at 10**6
@@ -482,7 +482,7 @@ _PIECES_PER_THREAD = 16
 
 def _pieces(group_starts: np.ndarray) -> tuple[int, np.ndarray]:
     """Threads for the compiled step, and bounds of pieces of groups cut at about equal seed counts."""
-    from ._threads import usable_threads
+    from .._engine.threads import usable_threads
 
     n_groups = group_starts.shape[0] - 1
     # Starting a thread costs ~0.1 ms: small batches of seeds run in one.

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from ._reference import StepResult, flat_edge, using_flat_edge
+from .._reference import StepResult, flat_edge, using_flat_edge
 
 __all__ = ["usable_threads", "ascent_threads", "split_across_threads"]
 
@@ -108,7 +108,7 @@ def split_across_threads(step, threads: int):
 
     Examples
     --------
-    >>> from meanshift_gpu._backends import Blocks
+    >>> from meanshift_gpu._engine.backends import Blocks
     >>> from meanshift_gpu._reference import mean_shift_step
     >>> data = torch.randn(500, 2, dtype=torch.float64)
     >>> step = lambda s, k, b: mean_shift_step(s, data, None, kernel=k, seed_block=b.seeds)

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
-from ._backends import resolve_backend
-from ._engine import auto_blocks
-from ._validation import as_tensor, check_points, resolve_device
+from .._engine.backends import resolve_backend
+from .._engine.ascent import auto_blocks
+from .._validation import as_tensor, check_points, resolve_device
 
 
 def kth_neighbor_bandwidth(points: torch.Tensor, quantile: float, backend, blocks) -> float:

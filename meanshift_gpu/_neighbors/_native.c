@@ -2,12 +2,12 @@
  *
  * Built at install time (setup.py, an optional extension), so no process ever
  * compiles anything on its first fit.  Python calls it through ctypes
- * (meanshift_gpu/_compiled.py), which releases the GIL; the step spreads its
+ * (meanshift_gpu/_neighbors/compiled.py), which releases the GIL; the step spreads its
  * groups of seeds over POSIX threads that take pieces from a shared counter,
  * so a thread slowed by another process on its core takes fewer pieces
  * instead of holding the others at a barrier.
  *
- * The row-sum step (meanshift_gpu/_rowsum.py has the vectorised torch twin):
+ * The row-sum step (meanshift_gpu/_neighbors/rowsum.py has the vectorised torch twin):
  * one loop walks the rows around a group of seeds in key order, finds each
  * row's reach with binary searches on the sorted first coordinate (galloping
  * from the previous seed's bounds), adds the interior from the running sums

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from ._reference import StepResult
+from .._reference import StepResult
 
 # Keys are int64; keep the padded box well inside that range.
 _MAX_KEY_SPACE = 1 << 62
@@ -127,7 +127,7 @@ def grid_mean_shift_step(
         Candidate indices materialised at once.
     blocked_step : callable, optional
         The block-sparse step to use (a backend's fused kernel); default
-        :func:`meanshift_gpu._sparse.blocked_step`.
+        :func:`meanshift_gpu._neighbors.blocked.blocked_step`.
 
     Returns
     -------
@@ -135,7 +135,7 @@ def grid_mean_shift_step(
         Same contract as :func:`meanshift_gpu._reference.mean_shift_step`.
     """
     if blocked_step is None:
-        from ._sparse import blocked_step
+        from .blocked import blocked_step
 
     n_seeds, n_features = seeds.shape
     device = seeds.device

@@ -47,7 +47,7 @@ import math
 
 import torch
 
-from ._reference import (
+from .._reference import (
     EXACT_DIFFERENCE_MAX_FEATURES, KERNELS, StepResult, flat_edge, refine_near_edge, summed_squared_differences,
 )
 

@@ -130,16 +130,15 @@ WORKLOADS: tuple[Workload, ...] = (
 )
 WORKLOAD_IDS = [w.id for w in WORKLOADS]
 
-# One repeat and fp32 only: a 1M x 1M step of the torch engine alone takes seconds.
+# One repeat: a 1M x 1M step of the torch engine alone takes seconds.
 GPU_STEP_ARGS = ["--sizes", "1000000", "--dims", "8", "--kernel", "gaussian", "--skip-lesson",
-                 "--repeat", "1", "--precisions", "fp32"]
+                 "--repeat", "1"]
 STEP_TARGET_OF_EXP = 0.5
 STEP_TARGET_VS_ENGINE = 5.0
 COLD_COMPILE_SLACK_S = 5.0
 NODULE_TARGET_S = 1.0
-# The precision MeanShift's kernels use (kernels.mean_shift_step's default): the targets apply to it.
-STEP_PRECISION = "fp32"
-STEP_TARGET_METHODS = ("triton fused", "triton fused mma", f"triton {STEP_PRECISION}")
+# The rows of the kernels fits use: the fused ascent kernel and the float32 step kernel.
+STEP_TARGET_METHODS = ("triton fused", "triton fused mma", "triton fp32")
 
 
 def _now() -> str:
@@ -572,8 +571,8 @@ class Check:
         row, allowed = self._start_row(wl)
         if allowed is None:
             return row
-        # The smoke run checks the script, not the numbers: one precision is enough there.
-        args = [*GPU_STEP_ARGS, *(["--smoke", "--precisions", STEP_PRECISION] if self.smoke else [])]
+        # The smoke run checks the script, not the numbers.
+        args = [*GPU_STEP_ARGS, *(["--smoke"] if self.smoke else [])]
         cmd = [sys.executable, "-m", "benchmarks.gpu_step", *args]
         row["command"] = "python -m benchmarks.gpu_step " + " ".join(args)
         self.say(f"{wl.id}: running {row['command']} (timeout {allowed:.0f} s)")
@@ -728,8 +727,7 @@ def targets(wl: Workload, row: dict) -> list[dict]:
                              f"+{first - warm:.2f} s" if ok else None,
                              first - warm <= COLD_COMPILE_SLACK_S if ok else None))
     if wl.kind == "step":
-        # Rows at the precision fits use: the fit's fused ascent kernel and the float32 step
-        # kernel (tf32 / bf16 rows trade accuracy, so they do not count).
+        # Rows of the kernels fits use (STEP_TARGET_METHODS).
         rows = [r for r in row.get("rows", []) if r["method"] in STEP_TARGET_METHODS]
         for key, limit, text, fmt in (
             ("of_exp", STEP_TARGET_OF_EXP, f">= {STEP_TARGET_OF_EXP:.0%} of the exp limit", "{:.1%}"),

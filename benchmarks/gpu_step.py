@@ -6,9 +6,9 @@ a seed (N x N kernel evaluations) and one step is timed for:
 - ``triton fused`` / ``triton fused mma``: one step of the fit's fused
   ascent kernel (:mod:`meanshift_gpu.kernels._ascent`, float32, up to 8
   features), weighted sums by row reductions / on the tensor cores;
-- ``triton``: :func:`meanshift_gpu.kernels.mean_shift_step` (tiles from the
-  committed table; the first, compiling call is reported separately), in
-  each requested precision;
+- ``triton fp32``: :func:`meanshift_gpu.kernels.mean_shift_step` (float32,
+  tiles from the committed table; the first, compiling call is reported
+  separately);
 - ``torch engine``: the library's chunked pure-torch step
   (:func:`meanshift_gpu._reference.mean_shift_step` with the tile sizes the
   engine picks on this GPU);
@@ -23,7 +23,7 @@ FMA peak, and the speed-ups of the Triton kernel over the two torch versions.
 
 Run from the repository root on a CUDA machine::
 
-    python -m benchmarks.gpu_step                       # full grid, Gaussian, fp32 + tf32
+    python -m benchmarks.gpu_step                       # full grid, Gaussian
     python -m benchmarks.gpu_step --sizes 100000 --dims 8 --kernel flat
     python -m benchmarks.gpu_step --skip-lesson         # the lesson loop is slow at 1M
 
@@ -113,7 +113,7 @@ def lesson_loop_step(seeds: torch.Tensor, data: torch.Tensor, kernel: str, batch
 
 
 def torch_engine_step(seeds, data, kernel):
-    from meanshift_gpu._engine.ascent import auto_blocks
+    from meanshift_gpu._decisions import auto_blocks
 
     blocks = auto_blocks(data.device, "auto", data.dtype)
     return _reference.mean_shift_step(
@@ -121,10 +121,10 @@ def torch_engine_step(seeds, data, kernel):
     ).positions
 
 
-def triton_step(seeds, data, kernel, precision):
+def triton_step(seeds, data, kernel):
     from meanshift_gpu import kernels
 
-    return kernels.mean_shift_step(seeds, data, kernel=kernel, precision=precision).positions
+    return kernels.mean_shift_step(seeds, data, kernel=kernel).positions
 
 
 def fused_step(seeds, data_t, kernel, variant="reduce"):
@@ -225,20 +225,17 @@ def run(args) -> None:
                         check += f", max |diff| vs engine {float((result - engine_result).abs().max()):.1e}"
                     rows.append((name, t, check))
                 del data_t
-            for precision in args.precisions:
-                start = time.perf_counter()
-                first = triton_step(data, data, args.kernel, precision)  # compiles on first use
-                synchronize(device)
-                tune_s = time.perf_counter() - start
-                t, result = timed(
-                    lambda: triton_step(data, data, args.kernel, precision), device, args.repeat, args.budget
-                )
-                check = f"first call {tune_s:.1f}s"
-                if engine_result is not None:
-                    err = float((result - engine_result).abs().max())
-                    check += f", max |diff| vs engine {err:.1e}"
-                del first
-                rows.append((f"triton {precision}", t, check))
+            start = time.perf_counter()
+            first = triton_step(data, data, args.kernel)  # compiles on first use
+            synchronize(device)
+            tune_s = time.perf_counter() - start
+            t, result = timed(lambda: triton_step(data, data, args.kernel), device, args.repeat, args.budget)
+            check = f"first call {tune_s:.1f}s"
+            if engine_result is not None:
+                err = float((result - engine_result).abs().max())
+                check += f", max |diff| vs engine {err:.1e}"
+            del first
+            rows.append(("triton fp32", t, check))
             for method, t, check in rows:
                 eval_rate = evaluations / t
                 tflops = flops / t / 1e12
@@ -252,8 +249,8 @@ def run(args) -> None:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     print("\n'of exp': evaluations/s over the exp2 throughput limit (the Gaussian kernel's bound);"
-          "\n'of FMA': matmul flops over the float32 FMA peak (tf32/bf16 run on tensor cores, whose"
-          "\npeak is higher).")
+          "\n'of FMA': matmul flops over the float32 FMA peak (the fused mma variant runs on tensor"
+          "\ncores, whose peak is higher).")
 
 
 def main(argv=None) -> int:
@@ -261,7 +258,6 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 8, 32, 128])
     parser.add_argument("--kernel", choices=["gaussian", "flat", "epanechnikov"], default="gaussian")
-    parser.add_argument("--precisions", nargs="+", choices=["fp32", "tf32", "bf16"], default=["fp32", "tf32"])
     parser.add_argument("--repeat", type=int, default=3, help="runs per method (median reported)")
     parser.add_argument("--budget", type=float, default=60.0,
                         help="stop repeating a method once its runs took this many seconds")

@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from meanshift_gpu import _reference
-from meanshift_gpu._engine.ascent import auto_blocks, merge_modes
+from meanshift_gpu._decisions import auto_blocks
+from meanshift_gpu._engine.ascent import merge_modes
 
 from .cases import make_blobs_data
 
@@ -112,7 +113,7 @@ def test_pruner_build(benchmark, method):
         pytest.skip(neighbors.faiss_unavailable())
     data = _scaled_blobs(100_000, 2, CPU, PRUNING_BANDWIDTH_FACTOR)
     options = neighbors.check_neighbor_options(None)
-    pruner = benchmark(lambda: neighbors.build_pruner(
+    pruner = benchmark(lambda: neighbors.build_neighbor_method(
         method, data, None, kernel="flat", options=options, dense_step=_dense_step
     ))
     assert pruner.method == method
@@ -127,7 +128,7 @@ def test_pruned_step(benchmark, method):
         pytest.skip(neighbors.faiss_unavailable())
     data = _scaled_blobs(10_000, 2, CPU, PRUNING_BANDWIDTH_FACTOR)
     options = neighbors.check_neighbor_options(None)
-    pruner = neighbors.build_pruner(method, data, None, kernel="flat", options=options, dense_step=_dense_step)
+    pruner = neighbors.build_neighbor_method(method, data, None, kernel="flat", options=options, dense_step=_dense_step)
     blocks = auto_blocks(CPU, "auto", data.dtype)
     result = benchmark(lambda: pruner.step(data, "flat", blocks))
     # Grid and the exact faiss index read every in-window point: same step as dense.

@@ -12,9 +12,9 @@ contracts of :mod:`meanshift_gpu._reference`, which is their test oracle:
 - :func:`mean_shift_step`: fused flash-attention-style mean-shift step;
 - :func:`nearest_centers`: fused argmin over cluster centers;
 - :func:`kth_neighbor_distance`: k-th-neighbour distance (bandwidth estimate);
-- :func:`blocked_step` / :func:`candidate_step`: block-sparse steps that read
-  only candidate points (neighbour pruning), contracts of
-  :mod:`meanshift_gpu._neighbors.blocked`.
+- :func:`blocked_step`: block-sparse step that reads only candidate points
+  (neighbour pruning), contract of
+  :func:`meanshift_gpu._neighbors.blocked.blocked_step`.
 
 They run compiled on CUDA tensors, or on CPU tensors under Triton's
 interpreter (``TRITON_INTERPRET=1``, which must be set before Triton is first
@@ -35,15 +35,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from meanshift_gpu._reference import StepResult
 
 __all__ = [
-    "PRECISIONS",
     "blocked_step",
-    "candidate_step",
     "kth_neighbor_distance",
     "mean_shift_step",
     "nearest_centers",
 ]
-
-PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 def _implementation(name: str) -> ModuleType:
@@ -69,7 +65,6 @@ def mean_shift_step(
     weights: "torch.Tensor | None" = None,
     *,
     kernel: str = "flat",
-    precision: str = "fp32",
     block_seeds: int | None = None,
     block_points: int | None = None,
 ) -> "StepResult":
@@ -79,7 +74,8 @@ def mean_shift_step(
     ``-|q - x|^2 / 2`` (bandwidth 1), computed like flash attention: data
     tiles stream past a block of seeds and only the weighted sums are kept.
     Results match :func:`meanshift_gpu._reference.mean_shift_step` to float32
-    rounding (``precision="fp32"``).
+    rounding: the kernel computes in float32, with IEEE float32 dot products
+    from 5 features on (per-feature differences up to 4).
 
     Parameters
     ----------
@@ -92,13 +88,6 @@ def mean_shift_step(
         Non-negative sample weights (not checked here); ``None`` means ones.
     kernel : {"flat", "gaussian", "epanechnikov"}
         Kernel profile; the bandwidth is 1 in scaled coordinates.
-    precision : {"fp32", "tf32", "bf16"}, default="fp32"
-        Operand precision of the dot products for 5 or more features
-        (accumulation is always float32).  ``"tf32"``/``"bf16"`` round
-        coordinates and kernel weights to 11/8 significant bits: the step is
-        exact for inputs perturbed by ``2**-11``/``2**-8`` relative, see
-        ``meanshift_gpu.kernels._mean_shift_step``.  Up to 4 features the
-        distances are per-feature differences and always float32.
     block_seeds, block_points : int or None
         Tile sizes (powers of two >= 16); ``None`` takes them from the tile table on the GPU and
         uses fixed small tiles under the interpreter.  Results do not depend
@@ -121,8 +110,7 @@ def mean_shift_step(
     tensor([[0.2500]])
     """
     return _implementation("_mean_shift_step").mean_shift_step(
-        seeds, data, weights, kernel=kernel, precision=precision,
-        block_seeds=block_seeds, block_points=block_points,
+        seeds, data, weights, kernel=kernel, block_seeds=block_seeds, block_points=block_points,
     )
 
 
@@ -219,7 +207,6 @@ def blocked_step(
     *,
     kernel: str = "flat",
     seed_block: int,
-    precision: str = "fp32",
     split: int | None = None,
     block_seeds: int | None = None,
     block_points: int | None = None,
@@ -232,7 +219,9 @@ def blocked_step(
     gathered tile by tile and streamed past the block as in
     :func:`mean_shift_step`.  Same contract as
     :func:`meanshift_gpu._neighbors.blocked.blocked_step` (results match it to float32
-    rounding): per block, the dense step on ``data[candidates]``.
+    rounding; float32 throughout): per block, the dense step on
+    ``data[candidates]``.  Per-seed candidate lists (LSH, faiss) are blocks
+    of one seed.
 
     Parameters
     ----------
@@ -251,9 +240,6 @@ def blocked_step(
         Kernel profile (bandwidth 1).
     seed_block : int
         Seeds per block (any positive size; programs tile it by ``block_seeds``).
-    precision : {"fp32", "tf32", "bf16"}, default="fp32"
-        Operand precision of the dot products (5 or more features), as in
-        :func:`mean_shift_step`.
     split : int or None
         Candidate lists longer than this are spread over several programs
         whose partial sums are combined afterwards (load balance for skewed
@@ -283,66 +269,8 @@ def blocked_step(
     """
     return _implementation("_sparse_step").blocked_step(
         seeds, data, weights, block_starts, block_indices, kernel=kernel, seed_block=seed_block,
-        precision=precision, split=split, block_seeds=block_seeds, block_points=block_points,
+        split=split, block_seeds=block_seeds, block_points=block_points,
         validate=validate,
-    )
-
-
-def candidate_step(
-    seeds: "torch.Tensor",
-    data: "torch.Tensor",
-    weights: "torch.Tensor | None",
-    candidates: "torch.Tensor",
-    *,
-    kernel: str = "flat",
-    block_seeds: int | None = None,
-    block_candidates: int | None = None,
-    validate: bool = True,
-) -> "StepResult":
-    """Fused per-seed candidate step: seed ``i`` reads ``data[candidates[i]]`` only.
-
-    Same contract as :func:`meanshift_gpu._neighbors.blocked.candidate_step`: negative
-    entries (``-1``, as faiss returns them) are padding; the result for each
-    seed is the dense step on its listed points.  Distances are per-feature
-    differences in float32 (no dot products, so no reduced precision).
-
-    Parameters
-    ----------
-    seeds : Tensor of shape (m, d)
-        Seed positions (scaled coordinates), on a CUDA device (or the CPU
-        under ``TRITON_INTERPRET=1``).
-    data : Tensor of shape (n, d)
-        Data points, same device.
-    weights : Tensor of shape (n,) or None
-        Non-negative sample weights; ``None`` means ones.
-    candidates : int64 Tensor of shape (m, k)
-        Data row indices per seed, ``-1`` for padding.
-    kernel : {"flat", "gaussian", "epanechnikov"}
-        Kernel profile (bandwidth 1).
-    block_seeds, block_candidates : int or None
-        Tile sizes (powers of two); ``None`` takes them from the tile table.
-    validate : bool, default=True
-        Check that no index exceeds the data (one reduction).
-
-    Returns
-    -------
-    StepResult
-        ``positions`` (m, d) and ``log_density`` (m,) in the seeds' dtype.
-
-    Examples
-    --------
-    >>> import os, torch
-    >>> _ = os.environ.setdefault("TRITON_INTERPRET", "1")
-    >>> from meanshift_gpu import kernels
-    >>> data = torch.tensor([[0.0], [0.5], [5.0]])
-    >>> seeds = torch.tensor([[0.0], [5.0]])
-    >>> kernels.candidate_step(seeds, data, None, torch.tensor([[0, 1], [2, -1]])).positions
-    tensor([[0.2500],
-            [5.0000]])
-    """
-    return _implementation("_sparse_step").candidate_step(
-        seeds, data, weights, candidates, kernel=kernel, block_seeds=block_seeds,
-        block_candidates=block_candidates, validate=validate,
     )
 
 
@@ -351,9 +279,12 @@ def _ascent_module() -> ModuleType:
     return _implementation("_ascent")
 
 
-def _ascent_max_features() -> int:
-    """Most features the fused ascent kernel takes (``_ascent.MAX_FEATURES``).
+# Most features the fused ascent kernel unrolls: its one definition, here so
+# that the engine can ask without importing Triton (``_ascent.MAX_FEATURES``
+# reads it).
+_ASCENT_MAX_FEATURES = 8
 
-    Repeated here so that the engine can ask without importing Triton.
-    """
-    return 8
+
+def _ascent_max_features() -> int:
+    """Most features the fused ascent kernel takes (``_ascent.MAX_FEATURES``)."""
+    return _ASCENT_MAX_FEATURES

@@ -52,11 +52,9 @@ import torch
 import triton
 import triton.language as tl
 
-from meanshift_gpu._reference import KERNELS
-
+from . import _ascent_max_features
+from ._common import INTERPRETED, NEG_HALF_LOG2E, check_kernel, flat_slack
 from ._tiles import Tile, pick_tile
-
-_NEG_HALF_LOG2E = tl.constexpr(-0.5 * 1.4426950408889634)  # exp(-d2/2) = exp2(d2 * this)
 
 # Tiles under the interpreter: few (slow) Python-level iterations, yet small
 # enough that tests with a few hundred points cross ragged tile edges.
@@ -68,7 +66,7 @@ VARIANTS = ("reduce", "mma")
 DEFAULT_VARIANT = "reduce"
 
 # Most features the kernel unrolls (one vector per feature); wider data take the host loop.
-MAX_FEATURES = 8
+MAX_FEATURES = _ascent_max_features()
 
 
 # The number of seeds listed changes as seeds stop; specialising on it (its
@@ -231,7 +229,7 @@ def _ascent_kernel(
             if TRUNCATE:
                 inside = inside & (d2 <= reach2)
             if KERNEL == "gaussian":
-                logit = d2 * _NEG_HALF_LOG2E
+                logit = d2 * NEG_HALF_LOG2E
                 if HAS_WEIGHTS:
                     w_n = tl.load(weights_ptr + offs_n, mask=valid_n, other=0.0)
                     logit = logit + w_n  # log2 of the sample weights
@@ -528,8 +526,7 @@ def ascent_steps(
     >>> pos.tolist(), dens.tolist(), steps.tolist(), done.tolist()
     ([[0.25]], [2.0], [1], [1])
     """
-    if kernel not in KERNELS:
-        raise ValueError(f"unknown kernel {kernel!r}; expected one of {KERNELS}")
+    check_kernel(kernel)
     n_features = positions.shape[1]
     if not 1 <= n_features <= MAX_FEATURES:
         raise ValueError(f"the fused ascent takes 1 to {MAX_FEATURES} features, got {n_features}")
@@ -543,8 +540,6 @@ def ascent_steps(
     n_order = order.shape[0]
     if n_order == 0 or n_steps <= 0:
         return
-    from ._common import INTERPRETED, flat_slack
-
     if tile is None:
         tile = _INTERPRETER_TILE if INTERPRETED else pick_tile("ascent", n_features, kernel, positions.device, dtype)
     if ranges is None:

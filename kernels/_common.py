@@ -1,4 +1,4 @@
-"""Helpers shared by the Triton kernels: input preparation, tile shapes, rounding.
+"""Helpers shared by the Triton kernels: launch checks, input preparation, tile shapes.
 
 This module imports Triton at import time; :mod:`meanshift_gpu.kernels`
 imports it lazily, on the first kernel call, so that ``import meanshift_gpu``
@@ -14,11 +14,15 @@ when it was not.
 
 from __future__ import annotations
 
+import math
 import os
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
+
+from meanshift_gpu._reference import KERNELS
 
 INTERPRETED: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -75,9 +79,15 @@ FEATURE_TILE = 128
 # ``tl.dot`` needs every dimension >= 16 on the GPU.
 MIN_DOT_DIM = 16
 
-PRECISIONS = ("fp32", "tf32", "bf16")
-# Mantissa bits dropped from a float32 when rounding to the operand format.
-_DROPPED_BITS = {"fp32": 0, "tf32": 13, "bf16": 16}
+# Globals read inside kernels must be tl.constexpr.
+LN2 = tl.constexpr(math.log(2.0))
+NEG_HALF_LOG2E = tl.constexpr(-0.5 * math.log2(math.e))  # exp(-d2 / 2) = exp2(d2 * this)
+
+
+def check_kernel(kernel: str) -> None:
+    """Raise ``ValueError`` unless ``kernel`` is a profile the kernels implement."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; expected one of {KERNELS}")
 
 
 def check_device(*tensors: torch.Tensor) -> None:
@@ -120,6 +130,88 @@ def as_rows(tensor: torch.Tensor, name: str, n_features: int | None = None) -> t
     return tensor
 
 
+def output_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """The dtype a kernel's float32 results are cast back to: the input's, if floating."""
+    return tensor.dtype if tensor.is_floating_point() else torch.float32
+
+
+class StepInputs(NamedTuple):
+    """Checked inputs of a mean-shift step kernel, as the kernels read them."""
+
+    seeds: torch.Tensor
+    """float32 (m, d), rows contiguous."""
+    data: torch.Tensor
+    """float32 (n, d), rows contiguous."""
+    weights: torch.Tensor | None
+    """float32 (n,) contiguous; ``log2`` of the sample weights for the Gaussian; None: ones."""
+    out_dtype: torch.dtype
+    """dtype of the results (the seeds')."""
+
+
+def step_inputs(
+    seeds: torch.Tensor, data: torch.Tensor, weights: torch.Tensor | None, kernel: str
+) -> StepInputs:
+    """Check the inputs of a step kernel and convert them to what the kernel reads.
+
+    Parameters
+    ----------
+    seeds : Tensor of shape (m, d)
+        Seed positions, any floating dtype.
+    data : Tensor of shape (n, d)
+        Data points, on the seeds' device.
+    weights : Tensor of shape (n,) or None
+        Non-negative sample weights (not checked); None means ones.
+    kernel : str
+        Kernel profile, one of :data:`meanshift_gpu._reference.KERNELS`.
+
+    Returns
+    -------
+    StepInputs
+        float32 views (copies where needed) and the dtype of the results.
+    """
+    check_kernel(kernel)
+    check_device(seeds, data, *(() if weights is None else (weights,)))
+    seeds32 = as_rows(seeds, "seeds")
+    data32 = as_rows(data, "data", seeds32.shape[1])
+    if seeds32.shape[1] == 0:
+        raise ValueError("seeds and data need at least one feature")
+    weights32 = None
+    if weights is not None:
+        if weights.shape != (data32.shape[0],):
+            raise ValueError(
+                f"weights must have shape ({data32.shape[0]},) to match data, got {tuple(weights.shape)}"
+            )
+        weights32 = weights.to(torch.float32).contiguous()
+        if kernel == "gaussian":
+            # Gaussian weights enter as log2 w added to the base-2 logits.
+            weights32 = torch.log2(weights32)
+    return StepInputs(seeds32, data32, weights32, output_dtype(seeds))
+
+
+def check_tiles(rows: tuple[str, int | None], cols: tuple[str, int | None]) -> tuple[int, int] | None:
+    """Explicit tile sizes ``(rows, cols)`` given as ``(name, value)`` pairs, checked; None if neither is.
+
+    Both must be given or neither (None: the caller takes the tile table's),
+    and each must be a power of two >= ``MIN_DOT_DIM`` (``tl.dot``'s minimum).
+
+    Examples
+    --------
+    >>> check_tiles(("block_seeds", 32), ("block_points", 64))
+    (32, 64)
+    >>> check_tiles(("block_seeds", None), ("block_points", None)) is None
+    True
+    """
+    (rows_name, rows_value), (cols_name, cols_value) = rows, cols
+    if rows_value is None and cols_value is None:
+        return None
+    if rows_value is None or cols_value is None:
+        raise ValueError(f"give both {rows_name} and {cols_name}, or neither (from the tile table)")
+    for name, value in (rows, cols):
+        if value < MIN_DOT_DIM or value & (value - 1):
+            raise ValueError(f"{name} must be a power of two >= {MIN_DOT_DIM}, got {value}")
+    return int(rows_value), int(cols_value)
+
+
 def feature_tile(n_features: int) -> tuple[int, int]:
     """(columns per feature tile, number of feature tiles) for the dot-product kernels."""
     padded = max(MIN_DOT_DIM, triton.next_power_of_2(n_features))
@@ -128,57 +220,12 @@ def feature_tile(n_features: int) -> tuple[int, int]:
     return FEATURE_TILE, triton.cdiv(n_features, FEATURE_TILE)
 
 
-def check_precision(precision: str) -> int:
-    """Validate ``precision``; return the number of mantissa bits it drops."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
-    return _DROPPED_BITS[precision]
-
-
-@triton.jit
-def round_mantissa(x, DROPPED_BITS: tl.constexpr):
-    """Round float32 ``x`` to nearest (ties to even), dropping the low mantissa bits.
-
-    13 bits gives tf32 values and 16 bits bfloat16 values, held in float32.
-    Rounding explicitly (instead of leaving it to the tensor cores, which may
-    truncate) makes the reduced-precision results independent of the GPU and
-    reproducible by the interpreter, whose ``tl.dot`` ignores the precision.
-    """
-    if DROPPED_BITS == 0:
-        rounded = x
-    else:
-        bits = x.to(tl.uint32, bitcast=True)
-        half_minus_one: tl.constexpr = (1 << (DROPPED_BITS - 1)) - 1
-        bits = bits + half_minus_one + ((bits >> DROPPED_BITS) & 1)
-        bits = (bits >> DROPPED_BITS) << DROPPED_BITS
-        rounded = bits.to(tl.float32, bitcast=True)
-    return rounded
-
-
-@triton.jit
-def dot(a, b, DROPPED_BITS: tl.constexpr, BF16_DOT: tl.constexpr):
-    """``a @ b`` with float32 accumulation, in the operand format of the precision.
-
-    The operands must already be rounded with :func:`round_mantissa`, so each
-    product is exact and only the float32 accumulation rounds.  ``BF16_DOT``
-    feeds the tensor cores bfloat16 (exact, as the values are bf16 already);
-    the interpreter's ``tl.dot`` cannot multiply bfloat16, so there the same
-    values are multiplied as float32, which gives the same products.
-    """
-    if BF16_DOT:
-        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=tl.float32)
-    elif DROPPED_BITS == 0:
-        return tl.dot(a, b, input_precision="ieee")
-    else:
-        return tl.dot(a, b, input_precision="tf32")
-
-
 @triton.jit
 def tiled_row_norms(
     ptr, rows, stride, valid_rows, n_features,
-    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, D_TILES: tl.constexpr, DROPPED_BITS: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, D_TILES: tl.constexpr,
 ):
-    """``|row|^2`` of a tile of rows, summed over ``D_TILES`` feature tiles (rounded rows)."""
+    """``|row|^2`` of a tile of rows, summed over ``D_TILES`` feature tiles."""
     offs_d = tl.arange(0, BLOCK_D)
     norms = tl.zeros((BLOCK_R,), tl.float32)
     for t in range(D_TILES):
@@ -188,7 +235,6 @@ def tiled_row_norms(
             mask=valid_rows[:, None] & (cols < n_features)[None, :],
             other=0.0,
         )
-        r_t = round_mantissa(r_t, DROPPED_BITS)
         norms += tl.sum(r_t * r_t, 1)
     return norms
 
@@ -197,9 +243,8 @@ def tiled_row_norms(
 def tiled_dot_and_norms(
     q_ptr, q_rows, q_stride, valid_q, x_ptr, x_rows, x_stride, valid_x, n_features,
     BLOCK_Q: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_D: tl.constexpr, D_TILES: tl.constexpr,
-    DROPPED_BITS: tl.constexpr, BF16_DOT: tl.constexpr,
 ):
-    """``q @ x.T`` and ``|x|^2`` over ``D_TILES`` feature tiles, in the precision's operands.
+    """``q @ x.T`` (IEEE float32 ``tl.dot``) and ``|x|^2`` over ``D_TILES`` feature tiles.
 
     The rows of ``x`` are ``x_rows`` (contiguous offsets, or gathered
     candidate indices), so the dense, block-sparse and nearest-center kernels
@@ -221,9 +266,7 @@ def tiled_dot_and_norms(
             mask=valid_x[:, None] & valid_cols[None, :],
             other=0.0,
         )
-        q_t = round_mantissa(q_t, DROPPED_BITS)
-        x_t = round_mantissa(x_t, DROPPED_BITS)
-        qx += dot(q_t, tl.trans(x_t), DROPPED_BITS, BF16_DOT)
+        qx += tl.dot(q_t, tl.trans(x_t), input_precision="ieee")
         x_norm += tl.sum(x_t * x_t, 1)
     return qx, x_norm
 

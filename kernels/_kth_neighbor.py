@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from ._tiles import autotune_requested, pick_tile
-from ._common import EXACT_MAX_FEATURES, INTERPRETED, as_rows, check_device, feature_tile
+from ._common import EXACT_MAX_FEATURES, INTERPRETED, as_rows, check_device, feature_tile, output_dtype
 
 _GPU_BLOCK_ELEMENTS = 1 << 27  # 512 MiB of float32 distances per query block
 _HOST_BLOCK_ELEMENTS = 1 << 20
@@ -139,7 +139,7 @@ def kth_neighbor_distance(
     and cast back to the queries' dtype.
     """
     check_device(queries, data)
-    out_dtype = queries.dtype if queries.is_floating_point() else torch.float32
+    out_dtype = output_dtype(queries)
     queries32 = as_rows(queries, "queries")
     data32 = as_rows(data, "data", queries32.shape[1])
     n_points = data32.shape[0]

@@ -33,28 +33,10 @@ weights multiply flat and Epanechnikov weights and add ``log w`` to Gaussian
 logits.  Padding rows and columns of ragged tiles get weight 0 (logit
 ``-inf``) and are loaded as zeros, so they never reach a result.
 
-Precision (dot-product kernel only; the exact kernel is always float32)
------------------------------------------------------------------------
-``"fp32"`` (default)
-    ``tl.dot(..., input_precision="ieee")``: float32 throughout, error of
-    the order of float32 rounding of ``|q|^2 + |x|^2`` (the engine centres
-    the data, which keeps that small).
-``"tf32"`` / ``"bf16"``
-    Seeds, data and kernel weights are rounded to nearest (ties to even) to
-    11 / 8 significant bits before the dots, which accumulate in float32 on
-    the tensor cores.  The step is then the exact step of perturbed inputs:
-    every coordinate moves by at most ``u |coordinate|`` and every kernel
-    weight by at most ``u`` relative, with ``u = 2**-11`` (tf32) or ``2**-8``
-    (bf16).  Consequences, in bandwidth units: a squared distance near the
-    window edge moves by about ``2 u (|q| + |x|)``, so flat/Epanechnikov
-    windows may gain or lose points that lie that close to the edge; smooth
-    (Gaussian, Epanechnikov) positions move by at most about
-    ``u (max |x| + 2 spread)``.  The weight sum ``l`` is taken from the same
-    rounded weights as ``p @ x``, so the mean has no bias from the rounding.
-    Rounding is explicit in the kernel, so the interpreter reproduces the GPU
-    results (tensor cores would otherwise truncate on some GPUs); only the
-    hardware bfloat16 ``tl.dot`` itself is not exercised by the interpreter
-    (it multiplies the same rounded values in float32).
+Both kernels compute in float32 (other float dtypes are cast, and the
+results cast back); the dot products are IEEE float32 (``tl.dot(...,
+input_precision="ieee")``), with an error of the order of float32 rounding of
+``|q|^2 + |x|^2`` (the engine centres the data, which keeps that small).
 """
 
 from __future__ import annotations
@@ -67,22 +49,15 @@ from ._tiles import Tile, autotune_requested, pick_tile
 from ._common import (
     EXACT_MAX_FEATURES,
     INTERPRETED,
-    as_rows,
-    check_device,
-    check_precision,
-    dot,
+    LN2,
+    NEG_HALF_LOG2E,
+    check_tiles,
     feature_tile,
     flat_slack,
-    round_mantissa,
+    step_inputs,
     tiled_dot_and_norms,
     tiled_row_norms,
 )
-
-from meanshift_gpu._reference import KERNELS  # noqa: E402  (one definition)
-
-# Globals read inside kernels must be tl.constexpr.
-_LN2 = tl.constexpr(0.6931471805599453)
-_NEG_HALF_LOG2E = tl.constexpr(-0.5 * 1.4426950408889634)  # exp(-d2/2) = exp2(d2 * this)
 
 # Fixed tiles under the interpreter: big enough to keep the number of
 # (slow, Python-level) tile iterations down, small enough that tests of a
@@ -100,7 +75,7 @@ def _kernel_weights(d2, w_n, valid_n, m_i, flat_slack, KERNEL: tl.constexpr, HAS
     accumulators from the old maximum; other kernels return ``alpha = 1``.
     """
     if KERNEL == "gaussian":
-        logit = d2 * _NEG_HALF_LOG2E
+        logit = d2 * NEG_HALF_LOG2E
         if HAS_WEIGHTS:
             logit = logit + w_n[None, :]  # log2 of the sample weights
         logit = tl.where(valid_n[None, :], logit, float("-inf"))
@@ -140,7 +115,7 @@ def _store_result(
     tl.store(out_ptrs, positions, mask=valid_s[:, None] & valid_cols[None, :])
     log_l = tl.log(safe_l)
     if KERNEL == "gaussian":
-        log_l += tl.where(m_i == float("-inf"), 0.0, m_i) * _LN2
+        log_l += tl.where(m_i == float("-inf"), 0.0, m_i) * LN2
     first_column_tile = (offs_s * 0 + tl.program_id(1)) == 0
     tl.store(logd_ptr + offs_s, tl.where(empty, float("-inf"), log_l),
              mask=valid_s & first_column_tile)
@@ -197,7 +172,6 @@ def _step_dot_kernel(
     seeds_ptr, data_ptr, weights_ptr, pos_ptr, logd_ptr,
     n_seeds, n_points, n_features, stride_seed, stride_data, stride_pos, flat_slack,
     KERNEL: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
-    DROPPED_BITS: tl.constexpr, BF16_DOT: tl.constexpr,
     BLOCK_D: tl.constexpr, D_TILES: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -214,12 +188,9 @@ def _step_dot_kernel(
             mask=valid_s[:, None] & valid_out[None, :],
             other=0.0,
         )
-        q = round_mantissa(q, DROPPED_BITS)
         q_norm = tl.sum(q * q, 1)
     else:
-        q_norm = tiled_row_norms(
-            seeds_ptr, offs_s, stride_seed, valid_s, n_features, BLOCK_S, BLOCK_D, D_TILES, DROPPED_BITS
-        )
+        q_norm = tiled_row_norms(seeds_ptr, offs_s, stride_seed, valid_s, n_features, BLOCK_S, BLOCK_D, D_TILES)
 
     acc = tl.zeros((BLOCK_S, BLOCK_D), tl.float32)
     l_i = tl.zeros((BLOCK_S,), tl.float32)
@@ -234,37 +205,32 @@ def _step_dot_kernel(
                 mask=valid_n[:, None] & valid_out[None, :],
                 other=0.0,
             )
-            x = round_mantissa(x, DROPPED_BITS)
-            qx = dot(q, tl.trans(x), DROPPED_BITS, BF16_DOT)
+            qx = tl.dot(q, tl.trans(x), input_precision="ieee")
             x_norm = tl.sum(x * x, 1)
         else:
             qx, x_norm = tiled_dot_and_norms(
                 seeds_ptr, offs_s, stride_seed, valid_s, data_ptr, offs_n, stride_data, valid_n, n_features,
-                BLOCK_S, BLOCK_N, BLOCK_D, D_TILES, DROPPED_BITS, BF16_DOT,
+                BLOCK_S, BLOCK_N, BLOCK_D, D_TILES,
             )
             x = tl.load(
                 data_ptr + offs_n[:, None] * stride_data + cols_out[None, :],
                 mask=valid_n[:, None] & valid_out[None, :],
                 other=0.0,
             )
-            x = round_mantissa(x, DROPPED_BITS)
         d2 = tl.maximum(q_norm[:, None] + x_norm[None, :] - 2.0 * qx, 0.0)
         w_n = offs_n  # placeholder when unweighted (never read)
         if HAS_WEIGHTS:
             w_n = tl.load(weights_ptr + offs_n, mask=valid_n, other=0.0)
         p, alpha, m_new = _kernel_weights(d2, w_n, valid_n, m_i, flat_slack, KERNEL, HAS_WEIGHTS)
-        # The weight sum uses the same rounded weights as p @ x, so the mean
-        # is not biased by the rounding.
-        p = round_mantissa(p, DROPPED_BITS)
         if KERNEL == "gaussian":
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None]
             m_i = m_new
         else:
             l_i += tl.sum(p, 1)
-        acc += dot(p, x, DROPPED_BITS, BF16_DOT)
+        acc += tl.dot(p, x, input_precision="ieee")
 
-    # Seeds with empty windows keep their exact (unrounded) old position.
+    # Seeds with empty windows keep their old position.
     q_out = tl.load(
         seeds_ptr + offs_s[:, None] * stride_seed + cols_out[None, :],
         mask=valid_s[:, None] & valid_out[None, :],
@@ -313,11 +279,11 @@ _EXACT_CONFIGS = [
     for w in (4, 8)
 ]
 
-# The step is timed once per (features, kernel, weights, precision); the
-# number of seeds shrinks as seeds converge, so it is not part of the key.
+# The step is timed once per (features, kernel, weights); the number of
+# seeds shrinks as seeds converge, so it is not part of the key.
 _step_dot_tuned = triton.autotune(
     configs=_DOT_CONFIGS,
-    key=["n_features", "KERNEL", "HAS_WEIGHTS", "DROPPED_BITS"],
+    key=["n_features", "KERNEL", "HAS_WEIGHTS"],
     prune_configs_by={"early_config_prune": _prune_dot_configs},
 )(_step_dot_kernel)
 _step_exact_tuned = triton.autotune(
@@ -334,7 +300,6 @@ def mean_shift_step(
     weights: torch.Tensor | None = None,
     *,
     kernel: str = "flat",
-    precision: str = "fp32",
     block_seeds: int | None = None,
     block_points: int | None = None,
 ):
@@ -343,43 +308,24 @@ def mean_shift_step(
     Same contract as :func:`meanshift_gpu._reference.mean_shift_step`; the
     computation is float32 (other float dtypes are cast, and the results
     cast back).  ``block_seeds`` / ``block_points`` fix the tile sizes
-    (powers of two >= 16) instead of autotuning them.
+    (powers of two >= 16) instead of taking them from the tile table.
     """
     from meanshift_gpu._reference import StepResult
 
-    if kernel not in KERNELS:
-        raise ValueError(f"unknown kernel {kernel!r}; expected one of {KERNELS}")
-    dropped_bits = check_precision(precision)
-    check_device(seeds, data, *(() if weights is None else (weights,)))
-    out_dtype = seeds.dtype if seeds.is_floating_point() else torch.float32
-    seeds32 = as_rows(seeds, "seeds")
+    seeds32, data32, weights32, out_dtype = step_inputs(seeds, data, weights, kernel)
     n_seeds, n_features = seeds32.shape
-    data32 = as_rows(data, "data", n_features)
     n_points = data32.shape[0]
-    if n_features == 0:
-        raise ValueError("seeds and data need at least one feature")
-
     positions = torch.empty((n_seeds, n_features), dtype=torch.float32, device=seeds.device)
     log_density = torch.empty(n_seeds, dtype=torch.float32, device=seeds.device)
     if n_seeds == 0:
         return StepResult(positions.to(out_dtype), log_density.to(out_dtype))
 
-    has_weights = weights is not None
-    if has_weights:
-        if weights.shape != (n_points,):
-            raise ValueError(
-                f"weights must have shape ({n_points},) to match data, got {tuple(weights.shape)}"
-            )
-        weights32 = weights.to(torch.float32).contiguous()
-        if kernel == "gaussian":
-            # Gaussian weights enter as log2 w added to the base-2 logits.
-            weights32 = torch.log2(weights32)
-    else:
+    has_weights = weights32 is not None
+    if not has_weights:
         weights32 = data32  # never read
-
     common = (seeds32, data32, weights32, positions, log_density)
     slack = flat_slack()
-    tiles = _choose_tiles(block_seeds, block_points)
+    tiles = check_tiles(("block_seeds", block_seeds), ("block_points", block_points))
     if n_features <= EXACT_MAX_FEATURES:
         args = (*common, n_seeds, n_points, seeds32.stride(0), data32.stride(0), positions.stride(0), slack)
         meta = dict(
@@ -407,8 +353,6 @@ def mean_shift_step(
         meta = dict(
             KERNEL=kernel,
             HAS_WEIGHTS=has_weights,
-            DROPPED_BITS=dropped_bits,
-            BF16_DOT=precision == "bf16" and not INTERPRETED,
             BLOCK_D=block_d,
             D_TILES=d_tiles,
         )
@@ -430,15 +374,4 @@ def _tile(op, n_features, kernel, device, tiles):
     if tiles is not None:
         return Tile(tiles[0], tiles[1])
     return pick_tile(op, n_features, kernel, device)
-
-
-def _choose_tiles(block_seeds: int | None, block_points: int | None) -> tuple[int, int] | None:
-    if block_seeds is None and block_points is None:
-        return None
-    if block_seeds is None or block_points is None:
-        raise ValueError("give both block_seeds and block_points, or neither (from the tile table)")
-    for name, value in (("block_seeds", block_seeds), ("block_points", block_points)):
-        if value < 16 or value & (value - 1):
-            raise ValueError(f"{name} must be a power of two >= 16, got {value}")
-    return int(block_seeds), int(block_points)
 

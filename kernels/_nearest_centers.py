@@ -6,8 +6,7 @@ point is written.  Distances are computed as in the mean-shift step kernel:
 from per-feature differences up to ``EXACT_MAX_FEATURES`` features (exact to
 rounding, so the inclusive ``distance <= bandwidth`` test of
 ``cluster_all=False`` is exact on integer-like data), otherwise from
-``|p|^2 + |c|^2 - 2 p.c`` with an IEEE float32 ``tl.dot`` (no reduced
-precision here: labels are cheap next to the mean-shift iterations).  Ties go
+``|p|^2 + |c|^2 - 2 p.c`` with an IEEE float32 ``tl.dot``.  Ties go
 to the lowest center index: within a tile ``tl.argmin`` picks the first
 minimum, and a later tile replaces the running minimum only when strictly
 smaller.
@@ -25,7 +24,9 @@ from ._common import (
     INTERPRETED,
     as_rows,
     check_device,
+    check_tiles,
     feature_tile,
+    output_dtype,
     tiled_dot_and_norms,
     tiled_row_norms,
 )
@@ -53,7 +54,7 @@ def _nearest_kernel(
             )
             p_norm = tl.sum(pts * pts, 1)
         else:
-            p_norm = tiled_row_norms(points_ptr, offs_p, stride_point, valid_p, n_features, BLOCK_P, BLOCK_D, D_TILES, 0)
+            p_norm = tiled_row_norms(points_ptr, offs_p, stride_point, valid_p, n_features, BLOCK_P, BLOCK_D, D_TILES)
 
     best = tl.full((BLOCK_P,), float("inf"), tl.float32)
     best_index = tl.zeros((BLOCK_P,), tl.int64)
@@ -79,7 +80,7 @@ def _nearest_kernel(
             else:
                 pc, c_norm = tiled_dot_and_norms(
                     points_ptr, offs_p, stride_point, valid_p, centers_ptr, offs_c, stride_center, valid_c,
-                    n_features, BLOCK_P, BLOCK_C, BLOCK_D, D_TILES, 0, False,
+                    n_features, BLOCK_P, BLOCK_C, BLOCK_D, D_TILES,
                 )
             d2 = tl.maximum(p_norm[:, None] + c_norm[None, :] - 2.0 * pc, 0.0)
         d2 = tl.where(valid_c[None, :], d2, float("inf"))
@@ -127,7 +128,7 @@ def nearest_centers(
     float32 (the distances are cast back to the points' dtype).
     """
     check_device(points, centers)
-    out_dtype = points.dtype if points.is_floating_point() else torch.float32
+    out_dtype = output_dtype(points)
     points32 = as_rows(points, "points")
     n_points, n_features = points32.shape
     centers32 = as_rows(centers, "centers", n_features)
@@ -145,22 +146,14 @@ def nearest_centers(
         points32.stride(0), centers32.stride(0),
     )
     meta = dict(EXACT=exact, N_EXACT=n_features if exact else 0, BLOCK_D=block_d, D_TILES=d_tiles)
-    if (block_points is None) != (block_centers is None):
-        raise ValueError("give both block_points and block_centers, or neither (from the tile table)")
-    tiles = None if block_points is None else (block_points, block_centers)
+    tiles = check_tiles(("block_points", block_points), ("block_centers", block_centers))
     if tiles is None and INTERPRETED:
         tiles = _INTERPRETER_TILES
     if tiles is None and autotune_requested():
         grid = lambda m: (triton.cdiv(n_points, m["BLOCK_P"]),)  # noqa: E731
         _nearest_tuned[grid](*args, **meta)
     else:
-        if tiles is None:
-            tile = pick_tile("nearest", n_features, device=points.device)
-        else:
-            for name, value in zip(("block_points", "block_centers"), tiles):
-                if value < 16 or value & (value - 1):
-                    raise ValueError(f"{name} must be a power of two >= 16, got {value}")
-            tile = Tile(*tiles)
+        tile = Tile(*tiles) if tiles is not None else pick_tile("nearest", n_features, device=points.device)
         grid = (triton.cdiv(n_points, tile.rows),)
         _nearest_kernel[grid](*args, **meta, BLOCK_P=tile.rows, BLOCK_C=tile.cols,
                               num_warps=tile.num_warps, num_stages=tile.num_stages)

@@ -1,10 +1,9 @@
-"""Block-sparse fused mean-shift steps: each seed reads only its candidate points.
+"""Block-sparse fused mean-shift step: each block of seeds reads only its candidate points.
 
-Triton versions of :func:`meanshift_gpu._neighbors.blocked.blocked_step` and
-:func:`meanshift_gpu._neighbors.blocked.candidate_step` (same contracts; those torch
-functions are the test oracle).  The design follows the dense kernel in
-:mod:`._mean_shift_step`, with the data tile *gathered* through an index list
-instead of read as a contiguous slice:
+Triton version of :func:`meanshift_gpu._neighbors.blocked.blocked_step` (same
+contract; that torch function is the test oracle).  The design follows the
+dense kernel in :mod:`._mean_shift_step`, with the data tile *gathered*
+through an index list instead of read as a contiguous slice.
 
 ``_blocked_kernel`` (seed blocks sharing a candidate list, CSR layout)
     A program owns a tile of ``BLOCK_S`` seeds of one seed block and walks
@@ -24,22 +23,13 @@ instead of read as a contiguous slice:
     combines them (log-sum-exp rescaling for the Gaussian) -- the split-K /
     flash-decoding scheme.  Without long blocks the kernel writes the final
     positions directly.
-``_candidate_kernel`` (one padded candidate list per seed, ``-1`` pads)
-    Seeds share nothing, so there is no dot product to form: a program owns
-    ``BLOCK_S`` seeds, loads a ``(BLOCK_S, BLOCK_K)`` tile of their indices
-    and gathers a ``(BLOCK_S, BLOCK_K, BLOCK_D)`` tile of data, computes
-    squared distances from differences (exact, no cancellation) and
-    accumulates ``sum p x`` with a reduction over the candidate axis.  Up to
-    256 features the feature axis is held whole; wider data are split over
-    programs by output-column tile, each recomputing the distances.
 
-Both kernels compute in float32 (other float dtypes are cast and the results
-cast back), mask every padding row / index so it never reaches a result
-(padding indices read row 0 with weight 0), and give an empty window its old
-position and ``log_density = -inf``.  ``precision="tf32"``/``"bf16"``
-rounds the ``tl.dot`` operands of the blocked kernel exactly as the dense
-kernel does (see :mod:`._mean_shift_step` for the error bound); the
-per-seed kernel has no dot products and is always float32.
+The kernel computes in float32 (other float dtypes are cast and the results
+cast back; IEEE float32 ``tl.dot``), masks every padding row / index so it
+never reaches a result (padding indices read row 0 with weight 0), and gives
+an empty window its old position and ``log_density = -inf``.  The
+neighbour methods with per-seed candidate lists (LSH, faiss) pass them as
+blocks of one seed.
 """
 
 from __future__ import annotations
@@ -54,27 +44,19 @@ from ._tiles import Tile, autotune_requested, pick_tile
 from ._common import (
     EXACT_MAX_FEATURES,
     INTERPRETED,
-    RESIDENT_MAX_FEATURES,
-    as_rows,
+    LN2,
     check_device,
-    check_precision,
-    dot,
+    check_tiles,
     feature_tile,
     flat_slack,
-    round_mantissa,
+    step_inputs,
     tiled_dot_and_norms,
     tiled_row_norms,
 )
-from ._mean_shift_step import KERNELS, _kernel_weights, _store_result
+from ._mean_shift_step import _kernel_weights, _store_result
 
-_LN2 = math.log(2.0)
-
-# Fixed tiles under the interpreter: (BLOCK_S, BLOCK_N) for the blocked
-# kernel, (BLOCK_S, BLOCK_K) for the per-seed kernel.
+# Fixed tiles under the interpreter: (BLOCK_S, BLOCK_N).
 _INTERPRETER_BLOCKED = (16, 32)
-_INTERPRETER_CANDIDATE = (16, 16)
-# Column tile of the per-seed kernel above RESIDENT_MAX_FEATURES features.
-_CANDIDATE_FEATURE_TILE = 64
 
 
 # ----------------------------------------------------------------------------- device code
@@ -87,7 +69,6 @@ def _blocked_kernel(
     stride_seed, stride_data, stride_pos, stride_part, flat_slack,
     KERNEL: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
     EXACT: tl.constexpr, EXACT_FEATURES: tl.constexpr,
-    DROPPED_BITS: tl.constexpr, BF16_DOT: tl.constexpr,
     BLOCK_D: tl.constexpr, D_TILES: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
 ):
@@ -110,12 +91,9 @@ def _blocked_kernel(
                 mask=valid_s[:, None] & valid_out[None, :],
                 other=0.0,
             )
-            q = round_mantissa(q, DROPPED_BITS)
             q_norm = tl.sum(q * q, 1)
         else:
-            q_norm = tiled_row_norms(
-                seeds_ptr, offs_s, stride_seed, valid_s, n_features, BLOCK_S, BLOCK_D, D_TILES, DROPPED_BITS
-            )
+            q_norm = tiled_row_norms(seeds_ptr, offs_s, stride_seed, valid_s, n_features, BLOCK_S, BLOCK_D, D_TILES)
 
     acc = tl.zeros((BLOCK_S, BLOCK_D), tl.float32)
     l_i = tl.zeros((BLOCK_S,), tl.float32)
@@ -138,27 +116,23 @@ def _blocked_kernel(
                 mask=valid_n[:, None] & valid_out[None, :],
                 other=0.0,
             )
-            x = round_mantissa(x, DROPPED_BITS)
-            qx = dot(q, tl.trans(x), DROPPED_BITS, BF16_DOT)
+            qx = tl.dot(q, tl.trans(x), input_precision="ieee")
             d2 = tl.maximum(q_norm[:, None] + tl.sum(x * x, 1)[None, :] - 2.0 * qx, 0.0)
         else:
             qx, x_norm = tiled_dot_and_norms(
                 seeds_ptr, offs_s, stride_seed, valid_s, data_ptr, rows, stride_data, valid_n, n_features,
-                BLOCK_S, BLOCK_N, BLOCK_D, D_TILES, DROPPED_BITS, BF16_DOT,
+                BLOCK_S, BLOCK_N, BLOCK_D, D_TILES,
             )
             x = tl.load(
                 data_ptr + rows[:, None] * stride_data + cols_out[None, :],
                 mask=valid_n[:, None] & valid_out[None, :],
                 other=0.0,
             )
-            x = round_mantissa(x, DROPPED_BITS)
             d2 = tl.maximum(q_norm[:, None] + x_norm[None, :] - 2.0 * qx, 0.0)
         w_n = rows  # placeholder when unweighted (never read)
         if HAS_WEIGHTS:
             w_n = tl.load(weights_ptr + rows, mask=valid_n, other=0.0)
         p, alpha, m_new = _kernel_weights(d2, w_n, valid_n, m_i, flat_slack, KERNEL, HAS_WEIGHTS)
-        if not EXACT:
-            p = round_mantissa(p, DROPPED_BITS)
         if KERNEL == "gaussian":
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None]
@@ -170,7 +144,7 @@ def _blocked_kernel(
                 x_j = tl.load(data_ptr + rows * stride_data + j, mask=valid_n, other=0.0)
                 acc += tl.where(offs_d[None, :] == j, tl.sum(p * x_j[None, :], 1)[:, None], 0.0)
         else:
-            acc += dot(p, x, DROPPED_BITS, BF16_DOT)
+            acc += tl.dot(p, x, input_precision="ieee")
 
     if SPLIT:
         # Partial sums of this work item, row `item * seed_block + local`;
@@ -192,114 +166,6 @@ def _blocked_kernel(
                       stride_pos, logd_ptr, KERNEL)
 
 
-@triton.jit
-def _candidate_kernel(
-    seeds_ptr, data_ptr, weights_ptr, cand_ptr, pos_ptr, logd_ptr,
-    n_seeds, n_candidates, n_features,
-    stride_seed, stride_data, stride_cand, stride_pos, flat_slack,
-    KERNEL: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
-    EXACT: tl.constexpr, EXACT_FEATURES: tl.constexpr,
-    BLOCK_D: tl.constexpr, D_TILES: tl.constexpr,
-    BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    offs_s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
-    valid_s = offs_s < n_seeds
-    offs_d = tl.arange(0, BLOCK_D)
-    cols_out = tl.program_id(1) * BLOCK_D + offs_d
-    valid_out = cols_out < n_features
-    acc = tl.zeros((BLOCK_S, BLOCK_D), tl.float32)
-    l_i = tl.zeros((BLOCK_S,), tl.float32)
-    m_i = tl.full((BLOCK_S,), float("-inf"), tl.float32)
-    if not EXACT and D_TILES == 1:
-        q = tl.load(
-            seeds_ptr + offs_s[:, None] * stride_seed + offs_d[None, :],
-            mask=valid_s[:, None] & valid_out[None, :],
-            other=0.0,
-        )
-    for k0 in range(0, n_candidates, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        idx = tl.load(
-            cand_ptr + offs_s[:, None].to(tl.int64) * stride_cand + offs_k[None, :],
-            mask=valid_s[:, None] & (offs_k < n_candidates)[None, :],
-            other=-1,
-        )
-        valid = idx >= 0
-        rows = tl.where(valid, idx, 0).to(tl.int64)
-        if EXACT:
-            d2 = tl.zeros((BLOCK_S, BLOCK_K), tl.float32)
-            for j in tl.static_range(EXACT_FEATURES):
-                q_j = tl.load(seeds_ptr + offs_s * stride_seed + j, mask=valid_s, other=0.0)
-                x_j = tl.load(data_ptr + rows * stride_data + j, mask=valid, other=0.0)
-                diff = q_j[:, None] - x_j
-                d2 += diff * diff
-        elif D_TILES == 1:
-            x = tl.load(
-                data_ptr + rows[:, :, None] * stride_data + offs_d[None, None, :],
-                mask=valid[:, :, None] & valid_out[None, None, :],
-                other=0.0,
-            )
-            diff = q[:, None, :] - x
-            d2 = tl.sum(diff * diff, 2)
-        else:
-            d2 = tl.zeros((BLOCK_S, BLOCK_K), tl.float32)
-            for t in range(D_TILES):
-                cols = t * BLOCK_D + offs_d
-                valid_cols = cols < n_features
-                q_t = tl.load(
-                    seeds_ptr + offs_s[:, None] * stride_seed + cols[None, :],
-                    mask=valid_s[:, None] & valid_cols[None, :],
-                    other=0.0,
-                )
-                x_t = tl.load(
-                    data_ptr + rows[:, :, None] * stride_data + cols[None, None, :],
-                    mask=valid[:, :, None] & valid_cols[None, None, :],
-                    other=0.0,
-                )
-                diff = q_t[:, None, :] - x_t
-                d2 += tl.sum(diff * diff, 2)
-            x = tl.load(
-                data_ptr + rows[:, :, None] * stride_data + cols_out[None, None, :],
-                mask=valid[:, :, None] & valid_out[None, None, :],
-                other=0.0,
-            )
-        if KERNEL == "gaussian":
-            logit = d2 * -0.7213475204444817  # -log2(e) / 2: base-2 logits
-            if HAS_WEIGHTS:
-                logit += tl.load(weights_ptr + rows, mask=valid, other=0.0)  # log2 w
-            logit = tl.where(valid, logit, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(logit, 1))
-            # Rows without a finite logit yet shift by 0: exp2 gives 0, not NaN.
-            shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp2(m_i - shift)
-            p = tl.exp2(logit - shift[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None]
-            m_i = m_new
-        else:
-            if KERNEL == "flat":
-                p = tl.where(d2 - 1.0 <= flat_slack, 1.0, 0.0)
-            else:  # epanechnikov
-                p = tl.maximum(1.0 - d2, 0.0)
-            if HAS_WEIGHTS:
-                p = p * tl.load(weights_ptr + rows, mask=valid, other=0.0)
-            p = tl.where(valid, p, 0.0)
-            l_i += tl.sum(p, 1)
-        if EXACT:
-            for j in tl.static_range(EXACT_FEATURES):
-                x_j = tl.load(data_ptr + rows * stride_data + j, mask=valid, other=0.0)
-                acc += tl.where(offs_d[None, :] == j, tl.sum(p * x_j, 1)[:, None], 0.0)
-        else:
-            acc += tl.sum(p[:, :, None] * x, 1)
-
-    q_out = tl.load(
-        seeds_ptr + offs_s[:, None] * stride_seed + cols_out[None, :],
-        mask=valid_s[:, None] & valid_out[None, :],
-        other=0.0,
-    )
-    _store_result(acc, l_i, m_i, q_out, offs_s, valid_s, cols_out, valid_out, pos_ptr,
-                  stride_pos, logd_ptr, KERNEL)
-
-
 # ------------------------------------------------------------------------------ autotuning
 def _prune_blocked(configs, named_args, **kwargs):
     block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
@@ -311,72 +177,21 @@ def _prune_blocked(configs, named_args, **kwargs):
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_S"] * c.kwargs["BLOCK_N"])]
 
 
-def _prune_candidate(configs, named_args, **kwargs):
-    block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
-    kept = [
-        c for c in configs
-        if 2 * c.kwargs["BLOCK_S"] * c.kwargs["BLOCK_K"] * block_d / (32 * c.num_warps) <= 128
-    ]
-    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_S"] * c.kwargs["BLOCK_K"])]
-
-
 _BLOCKED_CONFIGS = [
     triton.Config({"BLOCK_S": s, "BLOCK_N": n}, num_warps=w, num_stages=2)
     for s in (16, 32, 64)
     for n in (32, 64, 128)
     for w in (4, 8)
 ]
-_CANDIDATE_CONFIGS = [
-    triton.Config({"BLOCK_S": s, "BLOCK_K": k}, num_warps=w, num_stages=2)
-    for s in (1, 4, 16)
-    for k in (16, 32, 64)
-    for w in (2, 4)
-]
 # Not keyed on the number of seeds or candidates: both change every step.
 _blocked_tuned = triton.autotune(
     configs=_BLOCKED_CONFIGS,
-    key=["n_features", "KERNEL", "HAS_WEIGHTS", "DROPPED_BITS", "SPLIT"],
+    key=["n_features", "KERNEL", "HAS_WEIGHTS", "SPLIT"],
     prune_configs_by={"early_config_prune": _prune_blocked},
 )(_blocked_kernel)
-_candidate_tuned = triton.autotune(
-    configs=_CANDIDATE_CONFIGS,
-    key=["n_features", "KERNEL", "HAS_WEIGHTS"],
-    prune_configs_by={"early_config_prune": _prune_candidate},
-)(_candidate_kernel)
 
 
 # -------------------------------------------------------------------------------- launchers
-def _prepare(seeds, data, weights, kernel, precision):
-    """Shared checks and float32 views; returns (seeds32, data32, weights32 | None, out_dtype)."""
-    if kernel not in KERNELS:
-        raise ValueError(f"unknown kernel {kernel!r}; expected one of {KERNELS}")
-    check_precision(precision)
-    check_device(seeds, data, *(() if weights is None else (weights,)))
-    out_dtype = seeds.dtype if seeds.is_floating_point() else torch.float32
-    seeds32 = as_rows(seeds, "seeds")
-    data32 = as_rows(data, "data", seeds32.shape[1])
-    if seeds32.shape[1] == 0:
-        raise ValueError("seeds and data need at least one feature")
-    weights32 = None
-    if weights is not None:
-        if weights.shape != (data32.shape[0],):
-            raise ValueError(
-                f"weights must have shape ({data32.shape[0]},) to match data, "
-                f"got {tuple(weights.shape)}"
-            )
-        weights32 = weights.to(torch.float32).contiguous()
-        if kernel == "gaussian":
-            # Gaussian weights enter as log2 w added to the base-2 logits.
-            weights32 = torch.log2(weights32)
-    return seeds32, data32, weights32, out_dtype
-
-
-def _check_tile(name: str, value: int, minimum: int) -> int:
-    if value < minimum or value & (value - 1):
-        raise ValueError(f"{name} must be a power of two >= {minimum}, got {value}")
-    return int(value)
-
-
 def _work_items(block_starts: torch.Tensor, split: int | None, device):
     """(item_block, item_lo, item_hi, split?) with lists longer than ``split`` cut."""
     starts = block_starts.to(device)
@@ -408,7 +223,6 @@ def blocked_step(
     *,
     kernel: str = "flat",
     seed_block: int,
-    precision: str = "fp32",
     split: int | None = None,
     block_seeds: int | None = None,
     block_points: int | None = None,
@@ -418,7 +232,7 @@ def blocked_step(
     from meanshift_gpu._reference import StepResult
     from meanshift_gpu._neighbors.blocked import _Accumulator, check_blocks
 
-    seeds32, data32, weights32, out_dtype = _prepare(seeds, data, weights, kernel, precision)
+    seeds32, data32, weights32, out_dtype = step_inputs(seeds, data, weights, kernel)
     check_device(seeds, block_starts, block_indices)
     n_seeds, n_features = seeds32.shape
     if validate:
@@ -460,16 +274,10 @@ def blocked_step(
     meta = dict(
         KERNEL=kernel, HAS_WEIGHTS=weights32 is not None,
         EXACT=exact, EXACT_FEATURES=n_features if exact else 0,
-        DROPPED_BITS=0 if exact else check_precision(precision),
-        BF16_DOT=precision == "bf16" and not exact and not INTERPRETED,
         BLOCK_D=block_d, D_TILES=d_tiles, SPLIT=is_split,
     )
-    tiles = None
-    if block_seeds is not None or block_points is not None:
-        if block_seeds is None or block_points is None:
-            raise ValueError("give both block_seeds and block_points, or neither (from the tile table)")
-        tiles = (_check_tile("block_seeds", block_seeds, 16), _check_tile("block_points", block_points, 16))
-    elif INTERPRETED:
+    tiles = check_tiles(("block_seeds", block_seeds), ("block_points", block_points))
+    if tiles is None and INTERPRETED:
         tiles = _INTERPRETER_BLOCKED
     if tiles is None and autotune_requested():
         grid = lambda m: (n_items, d_tiles, triton.cdiv(seed_block, m["BLOCK_S"]))  # noqa: E731
@@ -492,69 +300,7 @@ def blocked_step(
     accumulator = _Accumulator(n_blocks * seed_block, n_features, torch.float32, device,
                                kernel == "gaussian")
     partial = torch.cat([part[:, :n_features], part_l[:, None]], 1)
-    accumulator.add(rows, partial, part_m * _LN2 if kernel == "gaussian" else None)
+    accumulator.add(rows, partial, part_m * LN2.value if kernel == "gaussian" else None)
     result = accumulator.finish(seeds32)
     return StepResult(result.positions.to(out_dtype), result.log_density.to(out_dtype))
 
-
-def candidate_step(
-    seeds: torch.Tensor,
-    data: torch.Tensor,
-    weights: torch.Tensor | None,
-    candidates: torch.Tensor,
-    *,
-    kernel: str = "flat",
-    block_seeds: int | None = None,
-    block_candidates: int | None = None,
-    validate: bool = True,
-):
-    """Fused per-seed candidate step (see the module docstring); contract of ``_sparse.candidate_step``."""
-    from meanshift_gpu._reference import StepResult
-
-    seeds32, data32, weights32, out_dtype = _prepare(seeds, data, weights, kernel, "fp32")
-    check_device(seeds, candidates)
-    n_seeds, n_features = seeds32.shape
-    if candidates.ndim != 2 or candidates.shape[0] != n_seeds:
-        raise ValueError(f"candidates must have shape ({n_seeds}, k), got {tuple(candidates.shape)}")
-    if candidates.dtype != torch.int64:
-        raise TypeError(f"candidates must be int64, got {candidates.dtype}")
-    if validate and candidates.numel() and int(candidates.max()) >= data32.shape[0]:
-        raise ValueError(f"candidates must be data rows < {data32.shape[0]} (or -1 for padding)")
-    device = seeds.device
-    positions = torch.empty((n_seeds, n_features), dtype=torch.float32, device=device)
-    log_density = torch.empty(n_seeds, dtype=torch.float32, device=device)
-    if n_seeds == 0:
-        return StepResult(positions.to(out_dtype), log_density.to(out_dtype))
-    # Candidates are read with a row stride and unit column stride.
-    cand = candidates if candidates.shape[1] <= 1 or candidates.stride(1) == 1 else candidates.contiguous()
-    exact = n_features <= EXACT_MAX_FEATURES
-    if exact:
-        block_d, d_tiles = triton.next_power_of_2(n_features), 1
-    elif n_features <= RESIDENT_MAX_FEATURES:
-        block_d, d_tiles = triton.next_power_of_2(n_features), 1
-    else:
-        block_d, d_tiles = _CANDIDATE_FEATURE_TILE, triton.cdiv(n_features, _CANDIDATE_FEATURE_TILE)
-    args = (
-        seeds32, data32, data32 if weights32 is None else weights32, cand, positions, log_density,
-        n_seeds, cand.shape[1], n_features,
-        seeds32.stride(0), data32.stride(0), max(1, cand.stride(0)), positions.stride(0), flat_slack(),
-    )
-    meta = dict(KERNEL=kernel, HAS_WEIGHTS=weights32 is not None,
-                EXACT=exact, EXACT_FEATURES=n_features if exact else 0, BLOCK_D=block_d, D_TILES=d_tiles)
-    tiles = None
-    if block_seeds is not None or block_candidates is not None:
-        if block_seeds is None or block_candidates is None:
-            raise ValueError("give both block_seeds and block_candidates, or neither (from the tile table)")
-        tiles = (_check_tile("block_seeds", block_seeds, 1),
-                 _check_tile("block_candidates", block_candidates, 1))
-    elif INTERPRETED:
-        tiles = _INTERPRETER_CANDIDATE
-    if tiles is None and autotune_requested():
-        grid = lambda m: (triton.cdiv(n_seeds, m["BLOCK_S"]), d_tiles)  # noqa: E731
-        _candidate_tuned[grid](*args, **meta)
-    else:
-        tile = Tile(*tiles) if tiles is not None else pick_tile("candidate", n_features, kernel, device)
-        grid = (triton.cdiv(n_seeds, tile.rows), d_tiles)
-        _candidate_kernel[grid](*args, **meta, BLOCK_S=tile.rows, BLOCK_K=tile.cols,
-                                num_warps=tile.num_warps, num_stages=tile.num_stages)
-    return StepResult(positions.to(out_dtype), log_density.to(out_dtype))

@@ -51,7 +51,6 @@ TILE_TABLE: dict[tuple[str, str, int, str], Tile] = {
     ("default", "step_dot", 256, "*"): Tile(32, 32, 4, 2),
     ("default", "step_dot", 1 << 30, "*"): Tile(32, 32, 4, 2),
     ("default", "blocked", 1 << 30, "*"): Tile(32, 64, 4, 2),
-    ("default", "candidate", 1 << 30, "*"): Tile(16, 32, 4, 2),
     ("default", "nearest", 1 << 30, "*"): Tile(64, 32, 4, 2),
     ("default", "pairwise", 1 << 30, "*"): Tile(64, 64, 4, 2),
 }
@@ -61,7 +60,6 @@ _OP_DEFAULT = {
     "step_exact": Tile(64, 64, 4, 2),
     "step_dot": Tile(32, 32, 4, 2),
     "blocked": Tile(32, 64, 4, 2),
-    "candidate": Tile(16, 32, 4, 2),
     "nearest": Tile(64, 32, 4, 2),
     "pairwise": Tile(64, 64, 4, 2),
 }

@@ -16,20 +16,20 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._engine import ascent as _engine
-from ._engine.backends import resolve_backend
 from ._bandwidth.adaptive import PointBandwidths, adaptive_backend
-from ._bandwidth.estimate import estimate_bandwidth, feature_bandwidths
-from ._bandwidth.rules import RULE_NAMES, resolve_rule, unknown_rule_message
-from ._neighbors import (
-    _GRID_MAX_FEATURES, NEIGHBOR_METHODS, build_pruner, check_neighbor_options, choose_method, kernel_reach,
+from ._bandwidth.rules import RULE_NAMES
+from ._decisions import (
+    DecisionLog, decide_ascent, decide_device, decide_dtype, decide_neighbors, decide_step_kernels,
+    decide_threads, paused, record, recording,
 )
+from ._neighbors import NEIGHBOR_METHODS, build_neighbor_method, check_neighbor_options, kernel_reach
 from ._neighbors.grid import GridIndex
-from ._reference import KERNELS, flat_edge, flat_edge_for, typical_extent, using_flat_edge
+from ._reference import KERNELS, flat_edge, using_flat_edge
 from ._seeding import bin_seeds
+from ._spec import FitSpec, bandwidth_scale, engine_config, flat_edge_of, median_offset, resolve_bandwidth
 from ._engine.threads import ascent_threads, split_across_threads, usable_threads
 from ._validation import (
     as_tensor,
-    check_bandwidth_value,
     check_nested_sequence,
     check_points,
     check_sample_weight,
@@ -50,7 +50,6 @@ class _FitResult:
     scale: torch.Tensor
     offset: torch.Tensor
     neighbors: str = "dense"
-    info: dict | None = None
 
 
 class MeanShift(ClusterMixin, BaseEstimator):
@@ -320,17 +319,21 @@ class MeanShift(ClusterMixin, BaseEstimator):
             Fitted estimator.
         """
         X = self._validate_X(X, reset=True)
-        device = resolve_device(self.device, X)
-        dtype = compute_dtype(X.dtype)
-        data = as_tensor(X, device, dtype)
-        weights = check_sample_weight(sample_weight, data.shape[0], device, dtype)
-        result = _fit(self, X, data, weights, device)
+        with recording(DecisionLog()) as decisions:
+            device = decide_device(self.device, X).choice
+            dtype = decide_dtype(X.dtype).choice
+            data = as_tensor(X, device, dtype)
+            weights = check_sample_weight(sample_weight, data.shape[0], device, dtype)
+            result = _fit(self, X, data, weights, device)
         out_dtype = np.float32 if dtype == torch.float32 else np.float64
         self.cluster_centers_ = result.centers.cpu().numpy().astype(out_dtype, copy=False)
         self.labels_ = result.labels.cpu().numpy().astype(np.int64, copy=False)
         self.n_iter_ = result.n_iter
         self.neighbors_ = result.neighbors
-        self.fit_info_ = dict(result.info or {})
+        self.fit_info_ = decisions.as_fit_info()
+        if self.verbose:
+            for line in decisions.lines():
+                print(f"[meanshift_gpu] {line}", flush=True)
         self.bandwidth_ = result.bandwidth
         self.cluster_sizes_ = np.bincount(
             self.labels_[self.labels_ >= 0], minlength=len(self.cluster_centers_)
@@ -386,53 +389,17 @@ class MeanShift(ClusterMixin, BaseEstimator):
 
 
 def _config(est: MeanShift, device: torch.device, dtype: torch.dtype) -> _engine.EngineConfig:
-    return _engine.EngineConfig(
-        backend=resolve_backend(est.backend, device),
-        kernel=est.kernel,
-        blocks=_engine.auto_blocks(device, est.batch_size, dtype),
-        tol=float(est.tol),
-        max_iter=int(est.max_iter),
-        verbose=bool(est.verbose),
-    )
-
-
-def _resolve_bandwidth(est: MeanShift, X, data: torch.Tensor, weights):
-    """The bandwidth to use: a positive float, a per-feature array, per-point
-    bandwidths (``PointBandwidths``, for "adaptive"), or 0.0 from sklearn's
-    estimate on heavily duplicated data."""
-    bandwidth = est.bandwidth
-    if bandwidth is None or (isinstance(bandwidth, str) and bandwidth == "sklearn"):
-        return float(
-            estimate_bandwidth(
-                X, quantile=est.bandwidth_quantile, device=est.device, backend=est.backend
-            )
-        )
-    if isinstance(bandwidth, str):
-        if bandwidth not in RULE_NAMES:
-            raise ValueError(unknown_rule_message(bandwidth))
-        return resolve_rule(
-            bandwidth,
-            data,
-            weights,
-            kernel=est.kernel,
-            backend=resolve_backend(est.backend, data.device),
-            quantile=float(est.bandwidth_quantile),
-        )
-    if isinstance(bandwidth, dict):
-        return feature_bandwidths(bandwidth, data.shape[1])
-    return check_bandwidth_value(bandwidth, data.shape[1])
+    """The engine's settings from ``est``'s parameters (for ``predict``, which has no spec at hand)."""
+    return engine_config(FitSpec.from_estimator(est), device, dtype)
 
 
 def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
     n_samples, n_features = data.shape
     dtype = data.dtype
-    config = _config(est, device, dtype)
-    if est.algorithm == "blurring" and (est.seeds is not None or est.bin_seeding):
-        raise ValueError(
-            "algorithm='blurring' moves the data themselves, so seeds and bin_seeding do "
-            "not apply; use algorithm='standard' with them"
-        )
-    bandwidth = _resolve_bandwidth(est, X, data, weights)
+    spec = FitSpec.from_estimator(est)
+    config = engine_config(spec, device, dtype)
+    with paused():  # a bandwidth rule's own inner fits are not this fit's decisions
+        bandwidth = resolve_bandwidth(spec, X, data, weights)
     values = bandwidth.values() if isinstance(bandwidth, PointBandwidths) else bandwidth
     if not np.all(np.isfinite(np.asarray(values, dtype=np.float64))):
         # An estimate from data whose spread overflows the float range.
@@ -447,19 +414,17 @@ def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
         point_bandwidths, bandwidth = bandwidth, bandwidth.reference
         step_backend = adaptive_backend(config.backend, point_bandwidths.relative.to(dtype))
         config = replace(config, backend=step_backend)
+        record("backend", step_backend.name, "per-point (adaptive) bandwidths step in the pure-torch engine")
     used = bandwidth if point_bandwidths is None else point_bandwidths.values()
-    scale = torch.as_tensor(np.array(np.broadcast_to(bandwidth, (n_features,))), dtype=dtype, device=device)
-    # Centred on the median, not the mean: one far outlier (1e9 beside clusters
-    # near 10) would move the mean so far that the clusters' coordinates lose
-    # their precision, and a mean of values near the float maximum overflows.
-    offset = data.median(0).values
+    scale = bandwidth_scale(bandwidth, n_features, dtype, device)
+    offset = median_offset(data)
 
     seeds = None
     if est.seeds is not None:
         seeds = as_tensor(check_points(est.seeds, "seeds", n_features), device, dtype)
-    elif est.bin_seeding and np.all(scale.cpu().numpy() > 0):
+    elif spec.bin_seeding and np.all(scale.cpu().numpy() > 0):
         # Bin in the user's coordinates (not centred) so the grid is sklearn's.
-        binned = bin_seeds(data / scale, 1.0, est.min_bin_freq, weights)
+        binned = bin_seeds(data / scale, 1.0, spec.min_bin_freq, weights)
         if binned is None:
             import warnings
 
@@ -482,10 +447,8 @@ def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
         )
     # The flat window includes its edge as scikit-learn's does, allowing for
     # the rounding that the centring and scaling put into the distances.
-    extent = typical_extent(scaled)
-    if seeds is not None and seeds.numel():
-        extent = max(extent, typical_extent((seeds - offset) / scale))
-    with using_flat_edge(flat_edge_for(dtype, n_features, extent)):
+    scaled_seeds = None if seeds is None else (seeds - offset) / scale
+    with using_flat_edge(flat_edge_of(scaled, scaled_seeds)):
         return _fit_scaled(est, config, data, scaled, weights, seeds, offset, scale, bandwidth, used,
                            point_bandwidths, device)
 
@@ -493,22 +456,29 @@ def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
 def _fit_scaled(est, config, data, scaled, weights, seeds, offset, scale, bandwidth, used, point_bandwidths,
                 device) -> _FitResult:
     n_samples, n_features = data.shape
-    dtype = data.dtype
-    step_info = None  # what each step of the host loop runs (the fused ascent is its own step)
     options = check_neighbor_options(est.neighbor_options)
     reach = kernel_reach(est.kernel, options)
+    record("flat_edge", flat_edge(), "the flat window's edge on squared scaled distances: 1 plus the rounding "
+           "of the centring and scaling, so points one bandwidth away are inside, as in scikit-learn")
+    decide_threads(device)
     if est.algorithm == "blurring":
-        method = _resolve_neighbors(est, n_samples, n_samples, n_features, device, point_bandwidths)
-        def rebuild_pruner(points):
+        method = decide_neighbors(
+            est.neighbors, n_seeds=n_samples, n_points=n_samples, n_features=n_features, device=device,
+            kernel=est.kernel, compiled=options["compiled"], per_point_bandwidths=point_bandwidths is not None,
+        ).value
+        decide_step_kernels(config.backend.name, data.dtype, est.kernel, method)
+        decide_ascent(config.backend.name, method, options, n_features, blurring=True)
+
+        def rebuild_method(points):
             # The data move every iteration, so the index is rebuilt on them.
-            return build_pruner(
+            return build_neighbor_method(
                 method, points, weights, kernel=est.kernel, options=options,
                 dense_step=config.backend.step, blocked_step=config.backend.blocked_step,
             ).step
 
-        make_step = None if method == "dense" else rebuild_pruner
-        ascent_info = "host loop (blurring moves the data every iteration)"
+        make_step = None if method == "dense" else rebuild_method
         ascent = _engine.blur(scaled, weights, config, make_step)
+        record("step", f"{method}, rebuilt on the moved data every iteration", "blurring moves the data")
         modes_at = ascent.positions
         if weights is not None:
             # Zero-weight points move along but, as in the standard algorithm,
@@ -522,30 +492,31 @@ def _fit_scaled(est, config, data, scaled, weights, seeds, offset, scale, bandwi
             seeds_scaled = scaled if weights is None else scaled[weights > 0]
         else:
             seeds_scaled = (seeds - offset) / scale
-        grid = []
+        grid = None
 
         def lazy_grid():
-            if not grid:
-                grid.append(GridIndex(scaled, reach, weights))
-            return grid[0]
+            nonlocal grid
+            if grid is None:
+                grid = GridIndex(scaled, reach, weights)
+            return grid
 
-        method = _resolve_neighbors(
-            est, seeds_scaled.shape[0], n_samples, n_features, device, point_bandwidths, lazy_grid
-        )
-        config.log(f"neighbour method: {method}")
-        ascent, ascent_info = _fused_ascent(est, config, method, options, seeds_scaled, scaled, weights,
-                                            reach, point_bandwidths)
+        method = decide_neighbors(
+            est.neighbors, n_seeds=seeds_scaled.shape[0], n_points=n_samples, n_features=n_features,
+            device=device, kernel=est.kernel, compiled=options["compiled"], grid=lazy_grid,
+            per_point_bandwidths=point_bandwidths is not None,
+        ).value
+        decide_step_kernels(config.backend.name, data.dtype, est.kernel, method)
+        ascent = _fused_ascent(config, method, options, seeds_scaled, scaled, weights, reach, point_bandwidths)
         if ascent is None:
-            pruner = build_pruner(
+            neighbors = build_neighbor_method(
                 method, scaled, weights, kernel=est.kernel, options=options,
-                dense_step=config.backend.step, blocked_step=config.backend.blocked_step,
-                grid=grid[0] if grid else None,
+                dense_step=config.backend.step, blocked_step=config.backend.blocked_step, grid=grid,
             )
+            if method != "grid":  # the grid's step is decided while it is built
+                record("step", neighbors.detail, f"neighbors={method!r} has one step")
             with ascent_threads(device) as threads:
-                step = pruner.step if pruner.threaded else split_across_threads(pruner.step, threads)
+                step = neighbors.step if neighbors.threaded else split_across_threads(neighbors.step, threads)
                 ascent = _engine.ascend_seeds(seeds_scaled, scaled, weights, config, step)
-            step_info = pruner.detail
-        config.log(f"ascent: {ascent_info}")
         modes_at = scaled
     centers = _engine.merge_modes(ascent.positions, ascent.log_density)
     if centers.shape[0] == 0:
@@ -562,74 +533,32 @@ def _fit_scaled(est, config, data, scaled, weights, seeds, offset, scale, bandwi
         scale=scale,
         offset=offset,
         neighbors=method,
-        info={
-            "device": str(device),
-            "dtype": _dtype_name(dtype),
-            "backend": config.backend.name,
-            "neighbors": method,
-            "ascent": ascent_info,
-            "step": step_info,
-            # The flat window's edge on squared scaled distances (1 plus the scaling's rounding).
-            "flat_edge": flat_edge(),
-            # CPU: threads taking pieces of each step (torch itself on one during the ascent).
-            "threads": usable_threads() if device.type == "cpu" else None,
-        },
     )
 
 
-# Cells per reach of the fused ranges kernel: in 1-3 D half-reach cells cut
-# the volume a block reads (5**d half cells against 3**d whole ones); in
-# more dimensions the table of cells would grow 2**d times.
-_RANGES_CELLS_PER_REACH = {1: 2, 2: 2, 3: 2}
-
-
-def _fused_ascent(est, config, method, options, seeds, data, weights, reach, point_bandwidths):
-    """The seeds' ascent through the fused device-resident kernel, or ``(None, why not)``.
+def _fused_ascent(config, method, options, seeds, data, weights, reach, point_bandwidths):
+    """The seeds' ascent through the fused device-resident kernel, or None where :func:`decide_ascent` says
+    host loop.
 
     Serves dense and grid fits of the Triton backend (auto on CUDA); the grid
-    runs as ranges of cell-sorted points.  Row sums asked for by name, LSH,
-    faiss and per-point bandwidths keep the host loop.
+    runs as ranges of cell-sorted points.
     """
-    reason = _engine.fused_ascent_unavailable(config, data.shape[1])
-    if reason is None and point_bandwidths is not None:
-        reason = "per-point (adaptive) bandwidths"
-    if reason is None and method not in ("dense", "grid"):
-        reason = f"neighbors={method!r} reads candidate lists"
-    if reason is None and method == "grid" and (options["row_sums"] is True or options["compiled"] is True):
-        # Asked for by name: the host loop runs them, or says why it cannot.
-        reason = "row sums were asked for" if options["row_sums"] is True else "the compiled CPU loop was asked for"
-    if reason is None and method == "grid" and data.shape[1] > _GRID_MAX_FEATURES:
-        reason = f"neighbors='grid' takes at most {_GRID_MAX_FEATURES} features"  # the host path raises
-    if reason is not None:
-        return None, f"host loop ({reason})"
+    plan = decide_ascent(config.backend.name, method, options, data.shape[1],
+                         per_point_bandwidths=point_bandwidths is not None)
+    if plan.value == "host loop":
+        return None
     ranges = None
     if method == "grid":
         from .kernels import _ascent_module
 
-        per_reach = options["cells_per_reach"]
-        if per_reach == "auto":
-            per_reach = _RANGES_CELLS_PER_REACH.get(data.shape[1], 1)
-        ranges = _ascent_module().GridRanges.build(data, weights, reach, cells_per_reach=per_reach)
+        ranges = _ascent_module().GridRanges.build(data, weights, reach, cells_per_reach=plan.choice)
         if ranges is None:
-            return None, "host loop (the grid's cell table would be too large for ranges)"
-    ascent = _engine.ascend_fused(seeds, data, weights, config, ranges)
-    where = "dense" if ranges is None else f"ranges over {ranges.n_cells} cells of {ranges.cell_side:.4g} bandwidths"
-    return ascent, f"fused ({where})"
-
-
-def _resolve_neighbors(est, n_seeds, n_points, n_features, device, point_bandwidths, grid=None) -> str:
-    if point_bandwidths is not None:
-        if est.neighbors not in ("auto", "dense"):
-            raise ValueError(
-                f"bandwidth='adaptive' uses per-point windows, which neighbors={est.neighbors!r} "
-                "cannot prune; use neighbors='auto' or 'dense'"
-            )
-        return "dense"
-    return choose_method(
-        est.neighbors, n_seeds=n_seeds, n_points=n_points, n_features=n_features,
-        device=device, grid=grid, kernel=est.kernel,
-        compiled=check_neighbor_options(est.neighbor_options)["compiled"],
-    )
+            record("ascent", "host loop", "the grid's cell table would be too large for ranges")
+            return None
+        record("ascent", f"fused (ranges over {ranges.n_cells} cells of {ranges.cell_side:.4g} bandwidths)",
+               plan.reason)
+    record("step", None, "the fused ascent is its own step")
+    return _engine.ascend_fused(seeds, data, weights, config, ranges)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -649,7 +578,7 @@ def _fit_zero_bandwidth(est, data, weights, seeds, bandwidth, scale, config) -> 
     Every kernel shrinks to "the identical points", so each distinct point
     that is also a seed is a mode, weighted by its multiplicity.
     """
-    config.log("bandwidth is 0: every distinct point is its own mode")
+    record("ascent", "none", "bandwidth 0: every distinct point is its own mode")
     unique, inverse = torch.unique(data, dim=0, return_inverse=True)
     w = torch.ones(data.shape[0], dtype=data.dtype, device=data.device) if weights is None else weights
     multiplicity = torch.zeros(unique.shape[0], dtype=data.dtype, device=data.device)

@@ -166,6 +166,7 @@ cap, out = int(sys.argv[1]), sys.argv[2]
 torch.cuda.set_per_process_memory_fraction(cap / torch.cuda.get_device_properties(0).total_memory)
 from meanshift_gpu import MeanShift
 from meanshift_gpu._engine import ascent as _engine
+from meanshift_gpu._decisions import auto_blocks
 from meanshift_gpu._engine.backends import Blocks, resolve_backend
 
 cuda = torch.device("cuda")
@@ -182,7 +183,7 @@ capped_peak = torch.cuda.max_memory_reserved()
 torch.cuda.set_per_process_memory_fraction(1.0)
 plain = MeanShift(**params).fit(X)
 plain_ascent = _engine.ascend_seeds(data, data, None, dataclasses.replace(engine, verbose=False))
-auto = _engine.auto_blocks(cuda, "auto", torch.float64)
+auto = auto_blocks(cuda, "auto", torch.float64)
 np.savez(out + "/arrays.npz", X=X,
          capped_centers=capped.cluster_centers_, capped_labels=capped.labels_,
          plain_centers=plain.cluster_centers_, plain_labels=plain.labels_,

@@ -20,6 +20,7 @@ import torch
 
 from meanshift_gpu._engine import ascent as _engine
 from meanshift_gpu._neighbors import compiled as _compiled
+from meanshift_gpu._decisions import auto_blocks
 from meanshift_gpu._engine.backends import Blocks, resolve_backend
 
 CPU = torch.device("cpu")
@@ -385,7 +386,7 @@ def test_ascend_seeds_with_many_duplicate_seeds_matches_per_seed_loop(device):
 
 
 def test_auto_blocks_follows_batch_size():
-    assert _engine.auto_blocks(CPU, 7, torch.float64).seeds == 7
-    auto = _engine.auto_blocks(CPU, "auto", torch.float32)
+    assert auto_blocks(CPU, 7, torch.float64).seeds == 7
+    auto = auto_blocks(CPU, "auto", torch.float32)
     assert auto.seeds >= 1 and auto.points >= 256
-    assert _engine.auto_blocks(CPU, 10**9, torch.float64).points == 256  # floor on the data tile
+    assert auto_blocks(CPU, 10**9, torch.float64).points == 256  # floor on the data tile

@@ -30,12 +30,9 @@ DEVICE, _why_not = _common.kernel_device()
 if DEVICE is None:
     pytest.skip(_why_not, allow_module_level=True)
 
-import triton.language as tl  # noqa: E402
-
 FEATURES = (1, 2, 3, 5, 17, 130)
 KERNELS = ("flat", "gaussian", "epanechnikov")
 EPS32 = torch.finfo(torch.float32).eps
-UNIT_ROUNDOFF = {"tf32": 2.0**-11, "bf16": 2.0**-8}
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -97,24 +94,6 @@ def _assert_step_close(got, ref, weights, n_points, tol):
         got.log_density.cpu().exp(), ref.log_density.exp(),
         atol=tol * n_points * max_weight, rtol=1e-5,
     )
-
-
-def _round_mantissa_numpy(values: np.ndarray, dropped_bits: int) -> np.ndarray:
-    """Round-to-nearest-even on float32 bits, written independently of the kernel."""
-    bits = values.astype(np.float32).view(np.uint32).astype(np.uint64)
-    keep = bits >> dropped_bits
-    remainder = bits & ((1 << dropped_bits) - 1)
-    half = 1 << (dropped_bits - 1)
-    round_up = (remainder > half) | ((remainder == half) & (keep & 1 == 1))
-    keep = keep + round_up
-    return (keep << dropped_bits).astype(np.uint32).view(np.float32)
-
-
-def _rounded(tensor, precision):
-    if tensor is None or precision == "fp32":
-        return tensor
-    bits = {"tf32": 13, "bf16": 16}[precision]
-    return torch.from_numpy(_round_mantissa_numpy(tensor.float().numpy(), bits)).double()
 
 
 # ----------------------------------------------------------------------------- step kernel
@@ -248,87 +227,6 @@ def test_step_wide_features_use_feature_tiles(kernel):
     _assert_step_close(got, ref, weights, data.shape[0], _tolerance(seeds, data))
 
 
-# ---------------------------------------------------------------------- reduced precision
-def _round_kernel_source():
-    @triton.jit
-    def round_kernel(x_ptr, out_ptr, n, DROPPED_BITS: tl.constexpr, BLOCK: tl.constexpr):
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        x = tl.load(x_ptr + offs, mask=offs < n)
-        tl.store(out_ptr + offs, _common.round_mantissa(x, DROPPED_BITS), mask=offs < n)
-
-    return round_kernel
-
-
-@pytest.mark.parametrize("precision", ["tf32", "bf16"])
-def test_round_mantissa_rounds_to_nearest_even(precision):
-    dropped = {"tf32": 13, "bf16": 16}[precision]
-    gen = np.random.default_rng(0)
-    values = (gen.standard_normal(500) * 10.0 ** gen.integers(-6, 6, 500)).astype(np.float32)
-    # Exact ties, with even and odd kept last bits, and their negatives.
-    base = np.array([1.0, 3.0, 1234.5, 1e-3], dtype=np.float32).view(np.uint32)
-    ties = np.concatenate([base | (1 << (dropped - 1)), base | (1 << dropped) | (1 << (dropped - 1))])
-    values = np.concatenate([values, ties.view(np.float32), -ties.view(np.float32), [0.0, -0.0]])
-    values = values.astype(np.float32)
-    x = torch.from_numpy(values).to(DEVICE)
-    out = torch.empty_like(x)
-    _round_kernel_source()[(triton.cdiv(x.numel(), 128),)](x, out, x.numel(), DROPPED_BITS=dropped, BLOCK=128)
-    expected = _round_mantissa_numpy(values, dropped)
-    np.testing.assert_array_equal(out.cpu().numpy().view(np.uint32), expected.view(np.uint32))
-    if precision == "bf16":  # torch's float32 -> bfloat16 conversion rounds to nearest even too
-        np.testing.assert_array_equal(expected, x.cpu().to(torch.bfloat16).float().numpy())
-
-
-@pytest.mark.parametrize("precision", ["tf32", "bf16"])
-def test_reduced_precision_flat_step_is_exact_step_of_rounded_inputs(precision):
-    """Flat weights are 0/1 in any format, so the step equals the reference on rounded inputs."""
-    seeds, data, _ = _problem(121, 17, 33, scale=0.3, seed=17)
-    seeds_r, data_r = _rounded(seeds, precision), _rounded(data, precision)
-    keep = ~_near_window_edge(seeds_r, data_r)
-    ref = _reference.mean_shift_step(seeds_r[keep], data_r, kernel="flat")
-    s, x = _to_device(seeds[keep].float(), data.float())
-    got = kernels.mean_shift_step(s, x, kernel="flat", precision=precision)
-    tol = _tolerance(seeds, data)
-    finite = torch.isfinite(ref.log_density)
-    assert finite.sum() > keep.sum() // 2
-    torch.testing.assert_close(got.positions.cpu()[finite], ref.positions.float()[finite], atol=tol, rtol=0)
-    torch.testing.assert_close(got.log_density.cpu(), ref.log_density.float())
-    # The rounding is really applied: the fp32 step gives visibly different means.
-    fp32 = kernels.mean_shift_step(s, x, kernel="flat")
-    assert (fp32.positions - got.positions).abs().max() > 2 * tol
-
-
-@pytest.mark.parametrize("kernel", ["gaussian", "epanechnikov"])
-@pytest.mark.parametrize("precision", ["tf32", "bf16"])
-def test_reduced_precision_error_is_within_documented_bound(precision, kernel):
-    """Documented bound: positions move by at most ~u (max|x| + 2 spread) bandwidths."""
-    seeds, data, weights = _problem(121, 17, 33, scale=0.3, weighted=True, seed=19)
-    ref = _reference.mean_shift_step(seeds, data, weights, kernel=kernel)
-    s, x, w = _to_device(seeds.float(), data.float(), weights.float())
-    got = kernels.mean_shift_step(s, x, w, kernel=kernel, precision=precision)
-    fp32 = kernels.mean_shift_step(s, x, w, kernel=kernel)
-    u = UNIT_ROUNDOFF[precision]
-    radius = float(data.norm(dim=1).max())
-    finite = torch.isfinite(ref.log_density)
-    assert torch.equal(torch.isfinite(got.log_density.cpu()), finite)
-    position_error = (got.positions.cpu().double() - ref.positions)[finite].abs().max()
-    assert position_error <= 4 * u * (radius + 2 * 2.0), position_error
-    if kernel == "gaussian":  # smooth: log density moves by about the d2 perturbation
-        log_error = (got.log_density.cpu().double() - ref.log_density).abs().max()
-        assert log_error <= 8 * u * (1 + radius) ** 2, log_error
-    # The reduced precision is really used: it is less accurate than fp32.
-    fp32_error = (fp32.positions.cpu().double() - ref.positions)[finite].abs().max()
-    assert position_error > fp32_error
-
-
-def test_precision_does_not_change_the_exact_small_feature_path():
-    seeds, data, _ = _problem(67, 3, 15, seed=23)
-    s, x = _to_device(seeds.float(), data.float())
-    fp32 = kernels.mean_shift_step(s, x, kernel="gaussian")
-    for precision in ("tf32", "bf16"):
-        other = kernels.mean_shift_step(s, x, kernel="gaussian", precision=precision)
-        assert torch.equal(fp32.positions, other.positions)
-
-
 # -------------------------------------------------------------------------- nearest centers
 @pytest.mark.parametrize("n_features", FEATURES + (300,))
 def test_nearest_centers_matches_reference(n_features):
@@ -393,14 +291,14 @@ def test_bad_input_is_rejected_with_clear_errors():
     x = torch.zeros(5, 3, device=DEVICE)
     with pytest.raises(ValueError, match="unknown kernel"):
         kernels.mean_shift_step(x, x, kernel="cosine")
-    with pytest.raises(ValueError, match="unknown precision"):
-        kernels.mean_shift_step(x, x, precision="fp8")
     with pytest.raises(ValueError, match="features"):
         kernels.mean_shift_step(x, torch.zeros(5, 2, device=DEVICE))
     with pytest.raises(ValueError, match="weights must have shape"):
         kernels.mean_shift_step(x, x, torch.ones(4, device=DEVICE))
     with pytest.raises(ValueError, match="power of two"):
         kernels.mean_shift_step(x, x, block_seeds=24, block_points=32)
+    with pytest.raises(ValueError, match="give both block_points and block_centers"):
+        kernels.nearest_centers(x, x, block_points=16)
     with pytest.raises(ValueError, match="at least one center"):
         kernels.nearest_centers(x, x[:0])
     with pytest.raises(ValueError, match="k must be in"):

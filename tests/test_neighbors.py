@@ -13,7 +13,7 @@ import torch
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from meanshift_gpu import MeanShift, _neighbors
+from meanshift_gpu import MeanShift, _decisions, _neighbors
 from meanshift_gpu._engine import ascent as _engine
 from meanshift_gpu._neighbors.grid import GridIndex, grid_mean_shift_step
 from meanshift_gpu._reference import mean_shift_step
@@ -119,7 +119,7 @@ APPROX_CASES = {
 def _recall(method, X, bandwidth, options=None):
     data = torch.as_tensor(X / bandwidth)
     opts = _neighbors.check_neighbor_options(options)
-    pruner = _neighbors.build_pruner(method, data, None, kernel="flat", options=opts, dense_step=None)
+    pruner = _neighbors.build_neighbor_method(method, data, None, kernel="flat", options=opts, dense_step=None)
     seeds = data[torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(0))[:300]]
     return _neighbors.neighbor_recall(pruner, seeds, data)
 
@@ -167,10 +167,12 @@ def test_candidate_chunking_does_not_change_results(device):
 # ------------------------------------------------------------------ auto & options
 def test_auto_size_table(monkeypatch):
     cpu = torch.device("cpu")
-    choose = _neighbors.choose_method
+    def choose(*args, adaptive=False, **kwargs):
+        return _decisions.decide_neighbors(*args, per_point_bandwidths=adaptive, **kwargs).value
+
     # The table is per device type: a size the GPU still runs dense is pruned on the CPU.
-    n = int((_neighbors._AUTO_DENSE_PAIRS["cuda"] / 2) ** 0.5)
-    assert n * n > _neighbors._AUTO_DENSE_PAIRS["cpu"]
+    n = int((_decisions.AUTO_DENSE_PAIRS["cuda"] / 2) ** 0.5)
+    assert n * n > _decisions.AUTO_DENSE_PAIRS["cpu"]
     assert choose("auto", n_seeds=n, n_points=n, n_features=3, device=torch.device("cuda")) == "dense"
     assert choose("auto", n_seeds=n, n_points=n, n_features=3, device=cpu) == "grid"
     assert choose("auto", n_seeds=1000, n_points=1000, n_features=3, device=cpu) == "dense"
@@ -187,7 +189,7 @@ def test_auto_size_table(monkeypatch):
 
 def test_auto_picks_grid_for_large_low_dimensional_fits(monkeypatch, device):
     # "auto" reads the row of the fit's device (the GPU's allows ~1000x more pairs).
-    monkeypatch.setitem(_neighbors._AUTO_DENSE_PAIRS, device, 1e5)
+    monkeypatch.setitem(_decisions.AUTO_DENSE_PAIRS, device, 1e5)
     X, _ = _blobs(1000, 2, 4, seed=1)
     est = _fit(X, bandwidth=0.8, device=device)
     assert est.neighbors_ == "grid"
@@ -216,7 +218,7 @@ def test_unknown_neighbor_method(device):
 
 
 def test_faiss_missing_gives_install_hint(monkeypatch, device):
-    monkeypatch.setattr(_neighbors, "faiss_unavailable", lambda: "faiss is not installed: pip install x")
+    monkeypatch.setattr(_neighbors.faiss_range, "faiss_unavailable", lambda: "faiss is not installed: pip install x")
     X, _ = _blobs(50, 2, 2)
     with pytest.raises(RuntimeError, match="pip install"):
         _fit(X, bandwidth=1.0, neighbors="faiss", device=device)

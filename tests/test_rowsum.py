@@ -14,7 +14,7 @@ import pytest
 import torch
 from sklearn.datasets import make_blobs
 
-from meanshift_gpu import MeanShift, _neighbors
+from meanshift_gpu import MeanShift, _decisions, _neighbors
 from meanshift_gpu._neighbors import rowsum as _rowsum
 from meanshift_gpu._reference import mean_shift_step
 from meanshift_gpu._neighbors.rowsum import RowSumIndex, rowsum_step
@@ -116,7 +116,7 @@ def test_grid_runs_row_sums_by_default_in_2d_and_agrees_with_the_batched_grid(mo
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(_neighbors, "rowsum_step", counting)
+    monkeypatch.setattr(_rowsum, "rowsum_step", counting)
     # ~1500 points per window: full enough for "auto" to pick the torch row sums.
     X, _ = make_blobs(6000, n_features=2, centers=3, cluster_std=0.5, random_state=0)
     rows = MeanShift(bandwidth=1.2, neighbors="grid", neighbor_options={"compiled": False}, backend="torch",
@@ -131,7 +131,7 @@ def test_grid_runs_row_sums_by_default_in_2d_and_agrees_with_the_batched_grid(mo
 
 
 def test_auto_keeps_the_batched_grid_for_sparse_windows(monkeypatch, device):
-    monkeypatch.setattr(_neighbors, "rowsum_step", lambda *a, **k: pytest.fail("row sums used"))
+    monkeypatch.setattr(_rowsum, "rowsum_step", lambda *a, **k: pytest.fail("row sums used"))
     X = np.random.RandomState(0).uniform(0, 60, size=(3000, 2))  # ~3 points per window
     model = MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options={"compiled": False}, backend="torch",
                       device=device).fit(X)
@@ -187,12 +187,12 @@ def test_out_of_memory_shrinks_the_row_sum_batches(monkeypatch, assert_same_clus
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return original(seeds, index, max_pairs=max_pairs)
 
-    monkeypatch.setattr(_neighbors, "rowsum_step", tight_memory)
+    monkeypatch.setattr(_rowsum, "rowsum_step", tight_memory)
     X, _ = make_blobs(3000, n_features=2, centers=3, cluster_std=0.5, random_state=1)
     torch_rows = {"row_sums": True, "compiled": False}
     shrunk = MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options=torch_rows, device=device).fit(X)
     assert budgets[0] > 100_000 and min(budgets) <= 100_000
-    monkeypatch.setattr(_neighbors, "rowsum_step", original)
+    monkeypatch.setattr(_rowsum, "rowsum_step", original)
     plain = MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options=torch_rows, device=device).fit(X)
     assert_same_clustering(plain.cluster_centers_, plain.labels_, shrunk.cluster_centers_, shrunk.labels_,
                            atol=1e-12, rtol=0)
@@ -203,7 +203,7 @@ def test_data_spanning_too_many_bandwidths_fall_back_to_the_batched_grid(monkeyp
     X = np.vstack([rng.normal(0, 0.3, (300, 2)), rng.normal(0, 0.3, (300, 2)) + [4e14, 0]])
     with pytest.raises(OverflowError, match="row_sums': False"):
         MeanShift(bandwidth=1.0, neighbors="grid", neighbor_options={"row_sums": True}, device=device).fit(X)
-    monkeypatch.setattr(_neighbors, "_ROW_SUMS_MIN_WINDOW", 0)  # "auto" would want row sums
+    monkeypatch.setattr(_decisions, "ROW_SUMS_TORCH_MIN_WINDOW", 0)  # "auto" would want row sums
     model = MeanShift(bandwidth=1.0, neighbors="grid", backend="torch", device=device).fit(X)
     assert len(model.cluster_centers_) == 2
 
@@ -216,9 +216,9 @@ def test_window_estimate_and_cells_per_bandwidth():
     estimate = _neighbors.mean_window(GridIndex(data, 1.0, None))
     measured = float(rowsum_step(data[:2000], RowSumIndex(data, None)).log_density.exp().mean())
     assert 0.8 * measured <= estimate <= 1.2 * measured
-    cells = [_neighbors.row_cells(2, w) for w in (10, 400, 3000, 1e6)]
+    cells = [_decisions.row_cells(2, w) for w in (10, 400, 3000, 1e6)]
     assert cells == sorted(cells) and cells[0] == 8 and cells[-1] == 16
-    assert _neighbors.row_cells(3, 5000) == _rowsum.ROW_CELLS[3]
+    assert _decisions.row_cells(3, 5000) == _rowsum.ROW_CELLS[3]
 
 
 # ------------------------------------------------------------ precision limits (review)
@@ -276,8 +276,8 @@ def test_empty_data_gives_empty_windows():
 
 
 def test_auto_falls_back_where_row_sums_would_lose_precision(monkeypatch, assert_same_clustering, device):
-    monkeypatch.setattr(_neighbors, "_ROW_SUMS_MIN_WINDOW", 0)
-    monkeypatch.setattr(_neighbors, "rowsum_step", lambda *a, **k: pytest.fail("row sums used"))
+    monkeypatch.setattr(_decisions, "ROW_SUMS_TORCH_MIN_WINDOW", 0)
+    monkeypatch.setattr(_rowsum, "rowsum_step", lambda *a, **k: pytest.fail("row sums used"))
     X, _ = make_blobs(600, n_features=2, centers=3, random_state=0)
     w = np.random.RandomState(0).uniform(0.5, 1.5, len(X))
     w[::50] = 1e-12  # a weight range of 2**40
@@ -304,9 +304,9 @@ def test_float32_seeds_far_from_the_centre_still_honour_tol(device):
 def test_auto_size_table_prefers_the_exact_grid_earlier_in_2d():
     cpu = torch.device("cpu")
     spread = torch.randn(2000, 2, dtype=torch.float64) * 30
-    pick = lambda **kw: _neighbors.choose_method(  # noqa: E731
+    pick = lambda **kw: _decisions.decide_neighbors(  # noqa: E731
         "auto", n_seeds=5000, n_points=5000, device=cpu, grid=lambda: _neighbors.GridIndex(spread, 1.0), **kw
-    )
+    ).value
     assert pick(n_features=2) == "grid"
     assert pick(n_features=2, kernel="gaussian") == "dense"  # truncation: keep the exact pass
     assert pick(n_features=3, compiled=False) == "dense"  # the 3-D rule needs the compiled row sums

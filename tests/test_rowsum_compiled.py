@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.datasets import make_blobs
 
-from meanshift_gpu import MeanShift, _neighbors
+from meanshift_gpu import MeanShift, _decisions, _neighbors
 from meanshift_gpu._neighbors import rowsum as _rowsum
 from meanshift_gpu._reference import mean_shift_step
 from meanshift_gpu._neighbors.rowsum import RowSumIndex, compiled_rowsum_step, rowsum_step
@@ -179,7 +179,7 @@ def _count_calls(monkeypatch):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(_neighbors, "compiled_rowsum_step", counting)
+    monkeypatch.setattr(_rowsum, "compiled_rowsum_step", counting)
     return calls
 
 
@@ -209,8 +209,8 @@ def test_sparse_3d_windows_take_the_compiled_row_sums(monkeypatch):
 
 
 def test_without_the_extension_auto_falls_back_and_true_explains(monkeypatch, assert_same_clustering):
-    monkeypatch.setattr(_neighbors, "compiled_unavailable", lambda: "the C extension is not built (test)")
-    monkeypatch.setattr(_neighbors, "compiled_rowsum_step", lambda *a, **k: pytest.fail("compiled step used"))
+    monkeypatch.setattr(_neighbors.compiled, "unavailable", lambda: "the C extension is not built (test)")
+    monkeypatch.setattr(_rowsum, "compiled_rowsum_step", lambda *a, **k: pytest.fail("compiled step used"))
     X, _ = make_blobs(300, n_features=3, centers=3, random_state=0)
     fallback = MeanShift(bandwidth=1.0, neighbors="grid", device="cpu").fit(X)
     dense = MeanShift(bandwidth=1.0, neighbors="dense", device="cpu").fit(X)
@@ -229,20 +229,20 @@ def test_compiled_option_is_checked():
 def test_size_table_with_the_compiled_row_sums():
     cpu = torch.device("cpu")
     spread = torch.randn(2000, 3, dtype=torch.float64) * 30
-    pick = lambda **kw: _neighbors.choose_method(  # noqa: E731
+    pick = lambda **kw: _decisions.decide_neighbors(  # noqa: E731
         "auto", n_seeds=5000, n_points=5000, n_features=3, device=cpu,
         grid=lambda: _neighbors.GridIndex(spread, 1.0), **kw
-    )
+    ).value
     assert pick() == "grid"  # 2.5e7 pairs: the compiled 3-D grid beats dense
     assert pick(compiled=False) == "dense"
     assert pick(kernel="gaussian") == "dense"
     windows = [1, 10, 100, 1e3, 3e3, 1e4, 3e4, 1e5, 1e7]
     for d in (2, 3):
-        cells = [_neighbors.row_cells(d, w, compiled=True) for w in windows]
+        cells = [_decisions.row_cells(d, w, compiled=True) for w in windows]
         # Finer rows only for fuller windows, always a power of two (exact cell bounds).
         assert cells == sorted(cells) and cells[0] == 1 and cells[-1] > 1
         assert all(c & (c - 1) == 0 for c in cells)
-    assert _neighbors.row_cells(1, 8000, compiled=True) == 1
+    assert _decisions.row_cells(1, 8000, compiled=True) == 1
 
 
 def test_float32_fit_equals_float64_clusters(assert_same_clustering):

@@ -1,10 +1,10 @@
-"""Block-sparse mean-shift steps: torch (``_sparse``) and Triton (``kernels``).
+"""Block-sparse mean-shift step: torch (``_sparse``) and Triton (``kernels``).
 
 The oracle is the dense float64 reference step applied to each seed block
-(or seed) with only its candidate points.  The torch steps are checked
-against it directly; the Triton kernels (run on CPU tensors under Triton's
-interpreter, ``TRITON_INTERPRET=1`` set below before anything imports
-Triton) are checked against the float64 torch steps.  Triton tests carry the
+with only its candidate points.  The torch step is checked against it
+directly; the Triton kernel (run on CPU tensors under Triton's interpreter,
+``TRITON_INTERPRET=1`` set below before anything imports Triton) is checked
+against the float64 torch step.  Triton tests carry the
 ``kernels`` marker; the torch tests run without Triton installed.
 """
 
@@ -63,16 +63,6 @@ def _skewed_counts(n_blocks, *, big=300, seed=0):
     return counts
 
 
-def _candidates(n_seeds, k, n_points, *, seed=0):
-    """Per-seed lists with -1 padding anywhere, repeats, and some padding-only rows."""
-    gen = torch.Generator().manual_seed(seed)
-    cand = torch.randint(0, n_points, (n_seeds, k), generator=gen)
-    cand[torch.rand(n_seeds, k, generator=gen) < 0.3] = -1
-    cand[::5] = -1  # padding-only rows: empty windows
-    cand[1, 1:4] = 7  # a repeated candidate counts once per listing
-    return cand
-
-
 def _blocked_oracle(seeds, data, weights, starts, indices, seed_block, kernel):
     """Dense float64 reference step per block, on the block's candidates only."""
     seeds, data = seeds.double(), data.double()
@@ -83,20 +73,6 @@ def _blocked_oracle(seeds, data, weights, starts, indices, seed_block, kernel):
         step = _reference.mean_shift_step(
             seeds[b * seed_block : (b + 1) * seed_block], data[rows],
             None if weights is None else weights[rows], kernel=kernel,
-        )
-        positions.append(step.positions)
-        log_density.append(step.log_density)
-    return _reference.StepResult(torch.cat(positions), torch.cat(log_density))
-
-
-def _candidate_oracle(seeds, data, weights, candidates, kernel):
-    seeds, data = seeds.double(), data.double()
-    weights = None if weights is None else weights.double()
-    positions, log_density = [], []
-    for i in range(seeds.shape[0]):
-        rows = candidates[i][candidates[i] >= 0]
-        step = _reference.mean_shift_step(
-            seeds[i : i + 1], data[rows], None if weights is None else weights[rows], kernel=kernel
         )
         positions.append(step.positions)
         log_density.append(step.log_density)
@@ -123,11 +99,6 @@ def _edge_rows_blocked(seeds, data, starts, indices, seed_block, margin=1e-4):
             d2 = torch.cdist(q, data[rows]).square()
             near[b * seed_block : (b + 1) * seed_block] = ((d2 - 1).abs() < margin).any(1)
     return near
-
-
-def _edge_rows_candidates(seeds, data, candidates, margin=1e-4):
-    d2 = (seeds[:, None, :] - data[candidates.clamp_min(0)]).square().sum(-1)
-    return (((d2 - 1).abs() < margin) & (candidates >= 0)).any(1)
 
 
 def _assert_step_close(got, ref, *, atol, density_atol, rows=None):
@@ -281,60 +252,6 @@ def test_blocked_rejects_bad_layouts():
         _sparse.blocked_step(seeds.float(), data, None, good_starts, good_idx, seed_block=2)
 
 
-# ==================================================================== torch: candidate_step
-@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
-@pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("n_features", [1, 3, 5, 17])
-def test_candidates_match_dense_reference_per_seed(n_features, kernel, weighted):
-    seeds, data, weights = _problem(140, n_features, 33, weighted=weighted, seed=20 + n_features)
-    candidates = _candidates(33, 50, 140, seed=n_features)
-    ref = _candidate_oracle(seeds, data, weights, candidates, kernel)
-    assert torch.isfinite(ref.log_density).sum() >= seeds.shape[0] // 2
-    got = _sparse.candidate_step(seeds, data, weights, candidates, kernel=kernel, max_pairs=120, max_tile=16)
-    assert torch.isneginf(got.log_density[::5]).all()  # padding-only rows
-    _assert_step_close(got, ref, atol=1e-12, density_atol=1e-10)
-
-
-@pytest.mark.parametrize("kernel", KERNELS)
-def test_candidates_float32_and_chunk_independence(kernel):
-    seeds, data, weights = _problem(160, 2, 40, weighted=True, seed=30)
-    candidates = _candidates(40, 70, 160, seed=31)
-    ref = _candidate_oracle(seeds, data, weights, candidates, kernel)
-    rows = ~_edge_rows_candidates(seeds, data, candidates) if kernel == "flat" else None
-    tol = _tolerance(seeds, data)
-    for max_pairs, max_tile in [(1, 1), (100, 7), (_sparse.DEFAULT_MAX_PAIRS, 4096)]:
-        got = _sparse.candidate_step(seeds.float(), data.float(), weights.float(), candidates,
-                                     kernel=kernel, max_pairs=max_pairs, max_tile=max_tile)
-        assert got.positions.dtype == torch.float32
-        _assert_step_close(got, ref, atol=tol, density_atol=tol * 100, rows=rows)
-
-
-def test_candidates_padding_and_unlisted_rows_are_never_read():
-    seeds, data, weights = _problem(80, 5, 20, weighted=True, seed=32)
-    candidates = _candidates(20, 30, 80, seed=33)
-    candidates = torch.where(candidates >= 0, candidates.clamp_min(40), candidates)
-    poisoned, poisoned_w = data.clone(), weights.clone()
-    poisoned[:40] = float("nan")
-    poisoned_w[:40] = float("nan")
-    for kernel in KERNELS:
-        clean = _sparse.candidate_step(seeds, data, weights, candidates, kernel=kernel)
-        got = _sparse.candidate_step(seeds, poisoned, poisoned_w, candidates, kernel=kernel)
-        assert torch.equal(got.positions, clean.positions)
-        assert torch.equal(got.log_density, clean.log_density)
-
-
-def test_candidates_edge_cases_and_errors():
-    seeds, data, _ = _problem(12, 2, 4, seed=3)
-    no_lists = _sparse.candidate_step(seeds, data, None, torch.zeros(4, 0, dtype=torch.int64), kernel="gaussian")
-    assert torch.equal(no_lists.positions, seeds) and torch.isneginf(no_lists.log_density).all()
-    with pytest.raises(ValueError, match="shape"):
-        _sparse.candidate_step(seeds, data, None, torch.zeros(3, 2, dtype=torch.int64))
-    with pytest.raises(ValueError, match="data rows"):
-        _sparse.candidate_step(seeds, data, None, torch.full((4, 2), 12, dtype=torch.int64))
-    with pytest.raises(TypeError, match="int64"):
-        _sparse.candidate_step(seeds, data, None, torch.zeros(4, 2, dtype=torch.int32))
-
-
 # ============================================================================ Triton kernels
 @pytest.fixture(scope="module")
 def kernels():
@@ -387,35 +304,31 @@ def test_triton_blocked_matches_torch(kernels, n_features, kernel, weighted):
 
 
 @pytest.mark.kernels
-@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
-@pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("n_features", [1, 3, 5, 17])
-def test_triton_candidates_match_torch(kernels, n_features, kernel, weighted):
-    seeds, data, weights = _problem(110, n_features, 37, weighted=weighted, seed=50 + n_features)
-    candidates = _candidates(37, 45, 110, seed=n_features)
-    ref = _sparse.candidate_step(seeds, data, weights, candidates, kernel=kernel)
-    assert torch.isfinite(ref.log_density).sum() >= 37 // 2
-    rows = ~_edge_rows_candidates(seeds, data, candidates) if kernel == "flat" else None
-    tol = _tolerance(seeds, data)
-    got = kernels.candidate_step(*_to(seeds, data, weights), *_to(candidates), kernel=kernel)
-    assert torch.isneginf(got.log_density[::5]).all()
-    _assert_step_close(got, ref, atol=tol, density_atol=tol * 100, rows=rows)
-
-
-@pytest.mark.kernels
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_triton_wide_features_use_feature_tiles(kernels, kernel):
-    """300 features: feature tiles in both kernels, output columns split over programs."""
+    """300 features: feature tiles, output columns split over programs."""
     seeds, data, weights = _problem(40, 300, 18, weighted=True, seed=60)
     starts, indices = _blocks([30, 45], 40, seed=61)
-    candidates = _candidates(18, 20, 40, seed=62)
     tol = _tolerance(seeds, data)
     ref = _sparse.blocked_step(seeds, data, weights, starts, indices, kernel=kernel, seed_block=16)
     got = kernels.blocked_step(*_to(seeds, data, weights), *_to(starts, indices), kernel=kernel, seed_block=16)
     _assert_step_close(got, ref, atol=tol, density_atol=tol * 50)
-    ref = _sparse.candidate_step(seeds, data, weights, candidates, kernel=kernel)
-    got = kernels.candidate_step(*_to(seeds, data, weights), *_to(candidates), kernel=kernel)
-    _assert_step_close(got, ref, atol=tol, density_atol=tol * 50)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("n_features", [3, 17])
+def test_triton_per_seed_lists_match_torch(kernels, n_features, kernel):
+    """Blocks of one seed: the layout in which LSH and faiss pass their per-seed candidate lists."""
+    n_seeds = 37
+    seeds, data, weights = _problem(110, n_features, n_seeds, weighted=True, seed=50 + n_features)
+    counts = torch.randint(0, 45, (n_seeds,), generator=torch.Generator().manual_seed(n_features))
+    starts, indices = _blocks(counts, 110, seed=51)
+    ref = _sparse.blocked_step(seeds, data, weights, starts, indices, kernel=kernel, seed_block=1)
+    rows = ~_edge_rows_blocked(seeds, data, starts, indices, 1) if kernel == "flat" else None
+    tol = _tolerance(seeds, data)
+    got = kernels.blocked_step(*_to(seeds, data, weights), *_to(starts, indices), kernel=kernel, seed_block=1)
+    _assert_step_close(got, ref, atol=tol, density_atol=tol * 100, rows=rows)
 
 
 @pytest.mark.kernels
@@ -423,19 +336,14 @@ def test_triton_wide_features_use_feature_tiles(kernels, kernel):
 def test_triton_results_do_not_depend_on_tiles(kernels, n_features):
     seeds, data, weights = _problem(100, n_features, 40, weighted=True, seed=70)
     starts, indices = _blocks([10, 90, 0, 33], 100, seed=71)
-    candidates = _candidates(40, 37, 100, seed=72)
     s, x, w = _to(seeds, data, weights)
-    st, ix, cand = _to(starts, indices, candidates)
+    st, ix = _to(starts, indices)
     tol = _tolerance(seeds, data)
     for kernel in ("gaussian", "epanechnikov"):
         small = kernels.blocked_step(s, x, w, st, ix, kernel=kernel, seed_block=12,
                                      block_seeds=16, block_points=16, split=16)
         large = kernels.blocked_step(s, x, w, st, ix, kernel=kernel, seed_block=12,
                                      block_seeds=32, block_points=64)
-        torch.testing.assert_close(small.positions, large.positions, atol=tol, rtol=0)
-        torch.testing.assert_close(small.log_density, large.log_density, atol=tol, rtol=1e-5)
-        small = kernels.candidate_step(s, x, w, cand, kernel=kernel, block_seeds=1, block_candidates=8)
-        large = kernels.candidate_step(s, x, w, cand, kernel=kernel, block_seeds=16, block_candidates=32)
         torch.testing.assert_close(small.positions, large.positions, atol=tol, rtol=0)
         torch.testing.assert_close(small.log_density, large.log_density, atol=tol, rtol=1e-5)
 
@@ -451,15 +359,11 @@ def test_triton_padding_and_unlisted_rows_never_leak(kernels, n_features):
     poisoned_w[:30] = float("nan")
     starts, indices = _blocks([20, 0, 50, 7], n_points, seed=81)
     indices = indices.clamp_min(30)
-    candidates = _candidates(n_seeds, 19, n_points, seed=82)
-    candidates = torch.where(candidates >= 0, candidates.clamp_min(30), candidates)
     data_buffer = torch.full((n_points + 9, n_features + 3), float("nan"))
     seed_buffer = torch.full((n_seeds + 5, n_features + 2), float("nan"))
-    cand_buffer = torch.full((n_seeds + 3, 19 + 4), 10**6, dtype=torch.int64)
     data_buffer[:n_points, :n_features] = poisoned.float()
     seed_buffer[:n_seeds, :n_features] = seeds.float()
-    cand_buffer[:n_seeds, :19] = candidates
-    data_buffer, seed_buffer, cand_buffer = _to(data_buffer, seed_buffer, cand_buffer)
+    data_buffer, seed_buffer = _to(data_buffer, seed_buffer)
     s_view, x_view = seed_buffer[:n_seeds, :n_features], data_buffer[:n_points, :n_features]
     (w_view,) = _to(poisoned_w)
     st, ix = _to(starts, indices)
@@ -469,10 +373,6 @@ def test_triton_padding_and_unlisted_rows_never_leak(kernels, n_features):
         ref = kernels.blocked_step(*clean, st, ix, kernel=kernel, seed_block=7)
         assert torch.equal(got.positions, ref.positions) and torch.equal(got.log_density, ref.log_density)
         assert not torch.isnan(got.positions).any()
-        got = kernels.candidate_step(s_view, x_view, w_view, cand_buffer[:n_seeds, :19], kernel=kernel)
-        ref = kernels.candidate_step(*clean, *_to(candidates), kernel=kernel)
-        assert torch.equal(got.positions, ref.positions) and torch.equal(got.log_density, ref.log_density)
-        assert not torch.isnan(got.positions).any()
 
 
 @pytest.mark.kernels
@@ -480,7 +380,6 @@ def test_triton_gaussian_underflow_empty_windows_and_dtypes(kernels):
     seeds, data, weights = _problem(60, 2, 14, weighted=True, seed=90)
     far = seeds + 30.0  # every exp(-d2 / 2) underflows in float32
     starts, indices = _blocks([60, 5, 0], 60, seed=91)
-    candidates = _candidates(14, 25, 60, seed=92)
     tol = _tolerance(far, data)
     ref = _blocked_oracle(far, data, weights, starts, indices, 6, "gaussian")
     for split in (None, 16):
@@ -488,10 +387,6 @@ def test_triton_gaussian_underflow_empty_windows_and_dtypes(kernels):
                                    seed_block=6, split=split)
         _assert_step_close(got, ref, atol=20 * tol, density_atol=tol)
         torch.testing.assert_close(got.log_density.cpu().double(), ref.log_density, atol=tol, rtol=1e-5)
-    ref = _candidate_oracle(far, data, weights, candidates, "gaussian")
-    got = kernels.candidate_step(*_to(far, data, weights), *_to(candidates), kernel="gaussian")
-    torch.testing.assert_close(got.log_density.cpu().double(), ref.log_density, atol=tol, rtol=1e-5)
-    _assert_step_close(got, ref, atol=20 * tol, density_atol=tol)
     # Zero weights everywhere: empty, not NaN.  Float64 in, float64 out.
     zero = torch.zeros_like(weights)
     for kernel in KERNELS:
@@ -499,36 +394,10 @@ def test_triton_gaussian_underflow_empty_windows_and_dtypes(kernels):
                                    kernel=kernel, seed_block=6)
         assert got.positions.dtype == got.log_density.dtype == torch.float64
         assert torch.isneginf(got.log_density).all() and torch.equal(got.positions.cpu(), seeds)
-        got = kernels.candidate_step(*_to(seeds, data, zero, dtype=torch.float64), *_to(candidates),
-                                     kernel=kernel)
-        assert got.positions.dtype == torch.float64
-        assert torch.isneginf(got.log_density).all() and torch.equal(got.positions.cpu(), seeds)
     # No candidates at all.
     got = kernels.blocked_step(*_to(seeds, data, None), *_to(torch.zeros(5, dtype=torch.int64),
                                torch.zeros(0, dtype=torch.int64)), seed_block=4)
     assert torch.isneginf(got.log_density).all()
-
-
-@pytest.mark.kernels
-@pytest.mark.parametrize("precision", ["tf32", "bf16"])
-def test_triton_blocked_reduced_precision_matches_dense_kernel(kernels, precision):
-    """The gathered tile is rounded like the dense kernel's: same step on each block's points."""
-    seeds, data, _ = _problem(90, 9, 24, seed=95)
-    starts, indices = _blocks([30, 70, 12], 90, seed=96)
-    s, x = _to(seeds, data)
-    got = kernels.blocked_step(s, x, None, *_to(starts, indices), kernel="gaussian", seed_block=8,
-                               precision=precision)
-    exact = kernels.blocked_step(s, x, None, *_to(starts, indices), kernel="gaussian", seed_block=8)
-    for b in range(3):
-        rows = indices[starts[b] : starts[b + 1]]
-        dense = kernels.mean_shift_step(s[8 * b : 8 * b + 8], x[rows.to(x.device)], kernel="gaussian",
-                                        precision=precision)
-        tol = _tolerance(seeds, data)
-        torch.testing.assert_close(got.positions[8 * b : 8 * b + 8], dense.positions, atol=tol, rtol=0)
-    # And it really is rounded: differs from fp32, within the documented bound.
-    u = {"tf32": 2.0**-11, "bf16": 2.0**-8}[precision]
-    err = float((got.positions - exact.positions).abs().max())
-    assert 0 < err <= 4 * u * (float(data.abs().max()) + 2 * 3.0)
 
 
 @pytest.mark.kernels
@@ -540,10 +409,12 @@ def test_triton_rejects_bad_input(kernels):
         kernels.blocked_step(s, x, None, starts[:-1], indices, seed_block=2)
     with pytest.raises(ValueError, match="power of two"):
         kernels.blocked_step(s, x, None, starts, indices, seed_block=2, block_seeds=24, block_points=16)
+    with pytest.raises(ValueError, match="give both"):
+        kernels.blocked_step(s, x, None, starts, indices, seed_block=2, block_seeds=16)
     with pytest.raises(ValueError, match="unknown kernel"):
-        kernels.candidate_step(s, x, None, torch.zeros(5, 2, dtype=torch.int64, device=s.device), kernel="x")
-    with pytest.raises(ValueError, match="data rows"):
-        kernels.candidate_step(s, x, None, torch.full((5, 2), 10, dtype=torch.int64, device=s.device))
+        kernels.blocked_step(s, x, None, starts, indices, seed_block=2, kernel="x")
+    with pytest.raises(ValueError, match="block_indices must be data rows"):
+        kernels.blocked_step(s, x, None, starts, indices + 10, seed_block=2)
 
 
 @pytest.mark.kernels

@@ -45,14 +45,13 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 
-from meanshift_gpu import MeanShift, get_bin_seeds
+from meanshift_gpu import MeanShift, resolve_device, tiled_mean_shift
 
 from .io import Finding, Scan, index_zyx_to_world
 from .lung import segment_lungs
@@ -370,7 +369,7 @@ def voxel_features(scan: Scan, config: DetectorConfig, timings: dict | None = No
     (5, True)
     """
     timings = {} if timings is None else timings
-    device = _device(config.device)
+    device = resolve_device(config.device)
     t0 = time.perf_counter()
     work = working_scan(scan, config.working_mm)
     t1 = time.perf_counter()
@@ -418,27 +417,17 @@ def voxel_features(scan: Scan, config: DetectorConfig, timings: dict | None = No
     return X, voxel_volume, work, lungs
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _estimator(bandwidth: np.ndarray, config: DetectorConfig, **params) -> MeanShift:
-    # The tiles keep every fit small enough for the exact dense pass; on the
-    # 48 mm tiles "auto" (the 5-D grid on the bigger ones) was no faster:
-    # 4.2 s against 4.3 s for one 192 x 192 x 96 phantom, the same 13,547 modes.
-    return MeanShift(bandwidth=bandwidth, device=config.device, neighbors="dense", **params)
-
-
 def mean_shift_clusters(X: np.ndarray, config: DetectorConfig) -> tuple[np.ndarray, np.ndarray]:
     """Cluster the 5-D voxel features; returns ``(centers, labels)``.
 
-    With ``config.tile_mm`` set the points are cut into spatial tiles: each tile's seeds (bin
-    seeds of its own points) climb over its points plus a halo of
-    ``3 * bandwidth_mm``, its points get labels from its own modes, and modes
-    found by several tiles (within one bandwidth of each other in the scaled
-    5-D space, as in the library's own merge) are merged, biggest first.
+    With ``config.tile_mm`` set the points are cut into spatial tiles of that
+    side with a halo of ``3 * bandwidth_mm`` by
+    :func:`meanshift_gpu.tiled_mean_shift`: each tile's seeds (bin seeds of
+    its own points) climb over its points plus the halo, its points get
+    labels from its own modes, and modes found by several tiles (within one
+    bandwidth of each other in the scaled 5-D space) are merged, the mode
+    with more points of its tile first.  Every fit uses the exact dense pass
+    (``neighbors="dense"``): the tiles keep each one small enough for it.
 
     Parameters
     ----------
@@ -464,71 +453,14 @@ def mean_shift_clusters(X: np.ndarray, config: DetectorConfig) -> tuple[np.ndarr
     bandwidth = np.array([config.bandwidth_mm] * 3 + [config.bandwidth_hu, config.bandwidth_si])
     if len(X) == 0:
         return np.zeros((0, 5), np.float32), np.zeros(0, np.int64)
-    tile = config.tile_mm
-    if tile is None:
-        model = _estimator(bandwidth, config, bin_seeding=True, min_bin_freq=config.min_bin_freq)
-        model.fit(X)
+    # On the 48 mm tiles "auto" (the 5-D grid on the bigger ones) was no
+    # faster than the dense pass and found the same modes.
+    options = dict(bandwidth=bandwidth, min_bin_freq=config.min_bin_freq, device=config.device, neighbors="dense")
+    if config.tile_mm is None:
+        model = MeanShift(bin_seeding=True, **options).fit(X)
         return model.cluster_centers_, model.labels_
-    return _tiled_mean_shift(X, bandwidth, float(tile), config)
-
-
-def _tiled_mean_shift(X: np.ndarray, bandwidth: np.ndarray, tile: float, config: DetectorConfig):
     halo = 3.0 * config.bandwidth_mm
-    xyz = X[:, :3].astype(np.float64)
-    lo = xyz.min(0)
-    cell = np.floor((xyz - lo) / tile).astype(np.int64)
-    keys, tile_of = np.unique(cell, axis=0, return_inverse=True)
-    tile_of = tile_of.reshape(-1)
-    centers, sizes, labels = [], [], np.full(len(X), -1, np.int64)
-    for t, key in enumerate(keys):
-        core = np.nonzero(tile_of == t)[0]
-        box_lo = lo + key * tile - halo
-        box_hi = lo + (key + 1) * tile + halo
-        near = np.nonzero(np.all((xyz >= box_lo) & (xyz < box_hi), axis=1))[0]
-        with warnings.catch_warnings():
-            # "binning failed, using the points as seeds" is fine for a sparse tile.
-            warnings.simplefilter("ignore", UserWarning)
-            seeds = get_bin_seeds(X[core] / bandwidth, 1.0, config.min_bin_freq) * bandwidth
-        if len(seeds) == 0:
-            continue
-        model = _estimator(bandwidth, config, seeds=seeds.astype(np.float32))
-        try:
-            model.fit(X[near])
-        except ValueError:  # no seed had a point in its window
-            continue
-        local = model.predict(X[core])
-        used = np.unique(local)
-        remap = np.full(len(model.cluster_centers_), -1, np.int64)
-        remap[used] = np.arange(len(centers), len(centers) + len(used))
-        labels[core] = remap[local]
-        centers.extend(model.cluster_centers_[used])
-        sizes.extend(np.bincount(local, minlength=len(remap))[used])
-    if not centers:
-        return np.zeros((0, 5), np.float32), labels
-    centers = np.asarray(centers, np.float64)
-    merged = _merge_modes(centers / bandwidth, np.asarray(sizes))
-    final, new_id = np.unique(merged, return_inverse=True)
-    # A merged cluster sits at its biggest member's mode.
-    out_centers = centers[final]
-    out_labels = np.where(labels >= 0, new_id.reshape(-1)[np.maximum(labels, 0)], -1)
-    return out_centers.astype(np.float32), out_labels
-
-
-def _merge_modes(scaled: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """For each mode, the index of the (bigger) mode it merges into: greedy, biggest first, radius 1."""
-    order = np.argsort(-sizes, kind="stable")
-    owner = np.full(len(scaled), -1, np.int64)
-    from scipy.spatial import cKDTree
-
-    tree = cKDTree(scaled)
-    for i in order:
-        if owner[i] >= 0:
-            continue
-        owner[i] = i
-        for j in tree.query_ball_point(scaled[i], r=1.0):
-            if owner[j] < 0:
-                owner[j] = i
-    return owner
+    return tiled_mean_shift(X, tile_size=float(config.tile_mm), halo=halo, tile_features=(0, 1, 2), **options)
 
 
 def group_modes(centers: np.ndarray, config: DetectorConfig) -> np.ndarray:
@@ -752,7 +684,7 @@ def context_features(work: Scan, lungs: np.ndarray, positions: np.ndarray, devic
     inside = np.pad(lungs[box], 1)
     wall = distance_transform_edt(inside, sampling=spacing[::-1])[1:-1, 1:-1, 1:-1]
     out["wall_mm"] = wall[index[:, 0], index[:, 1], index[:, 2]].astype(np.float64)
-    dev = _device(device)
+    dev = resolve_device(device)
     volume = torch.as_tensor(np.ascontiguousarray(work.array[box], np.float32), device=dev)
     surround = volume
     for axis, s in zip(range(3), spacing[::-1]):

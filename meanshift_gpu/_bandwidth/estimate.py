@@ -9,7 +9,7 @@ import torch
 from sklearn.utils import check_random_state
 
 from .._engine.backends import resolve_backend
-from .._engine.ascent import auto_blocks
+from .._decisions import auto_blocks
 from .._validation import as_tensor, check_points, resolve_device
 
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .._decisions import auto_blocks
 from .._engine import ascent as _engine
 from .adaptive import PointBandwidths, adaptive_backend, pilot_k, relative_bandwidths
 from .._engine.backends import Backend
@@ -233,8 +234,8 @@ def _single_cpu_thread(device: torch.device):
 
     The path search makes thousands of small calls (<= 1,000 points, a few
     hundred seeds); intra-op threads only add synchronisation to those, and
-    on a loaded machine they spin against each other: on two busy cores one
-    thread ran the search 6x faster than two (0.7 s against 4.1 s).
+    on a loaded machine they spin against each other (timings in
+    benchmarks/README.md, "Tuning history").
     """
     previous = torch.get_num_threads()
     if device.type != "cpu" or previous == 1:
@@ -288,7 +289,7 @@ def _bandwidth_path(data, weights, kernel, backend, relative, max_samples, rando
     if relative is not None:
         sub_relative = (relative if idx is None else relative[idx]).float()
         backend = adaptive_backend(backend, sub_relative)
-    blocks = _engine.auto_blocks(device, "auto", torch.float32)
+    blocks = auto_blocks(device, "auto", torch.float32)
     config = _engine.EngineConfig(
         backend=backend, kernel=kernel, blocks=blocks, tol=1e-3, max_iter=_PATH_MAX_ITER
     )
@@ -360,7 +361,7 @@ def _ladder(points: torch.Tensor, min_points: int, backend: Backend) -> np.ndarr
     m = points.shape[0]
     if m < 2 * min_points:
         return None
-    blocks = _engine.auto_blocks(points.device, "auto", points.dtype)
+    blocks = auto_blocks(points.device, "auto", points.dtype)
     low = float(backend.kth_distance(points, points, min(min_points, m), blocks).median())
     high = float(torch.quantile(torch.linalg.vector_norm(points, dim=1), 0.99))
     if not (low > 0 and high > low):
@@ -427,7 +428,7 @@ def auto_bandwidth(
     path = bandwidth_path(data, weights, kernel, backend, relative=relative)
     if math.isfinite(path.bandwidth) and path.bandwidth > 0:
         return path.bandwidth
-    blocks = _engine.auto_blocks(data.device, "auto", data.dtype)
+    blocks = auto_blocks(data.device, "auto", data.dtype)
     return knn_bandwidth(data, quantile, backend, blocks)
 
 
@@ -448,7 +449,7 @@ def adaptive_bandwidths(
     instead of 1; on the benchmark suite and on unimodal samples it changes
     no choice).
     """
-    blocks = _engine.auto_blocks(data.device, "auto", data.dtype)
+    blocks = auto_blocks(data.device, "auto", data.dtype)
     n_positive = data.shape[0] if weights is None else int((weights > 0).sum())
     relative = relative_bandwidths(data, pilot_k(n_positive), backend, blocks, weights)
     path = bandwidth_path(data, weights, kernel, backend, relative=relative)
@@ -477,7 +478,7 @@ def resolve_rule(
     if name in ("scott", "silverman"):
         return rule_of_thumb(data, weights, name, kernel)
     if name == "knn":
-        blocks = _engine.auto_blocks(data.device, "auto", data.dtype)
+        blocks = auto_blocks(data.device, "auto", data.dtype)
         return knn_bandwidth(data, quantile, backend, blocks)
     if name == "auto":
         return auto_bandwidth(data, weights, kernel, backend, quantile)

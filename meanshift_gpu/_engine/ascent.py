@@ -17,29 +17,8 @@ import numpy as np
 import torch
 
 from .backends import Backend, Blocks
-from .._reference import EXACT_DIFFERENCE_MAX_FEATURES, flat_edge, squared_distances
-
-# Pairwise tile on the CPU: ~1M elements keeps a tile in L2/L3 cache, which on
-# 2 cores beat larger tiles by 2-3x in our measurements.
-_CPU_TILE_ELEMENTS = 1 << 20
-_CPU_SEED_BLOCK = 256
-_CUDA_SEED_BLOCK = 4096
-_CUDA_MAX_TILE_ELEMENTS = 1 << 27
-
-
-def auto_blocks(device: torch.device, batch_size: int | str, dtype: torch.dtype) -> Blocks:
-    """Tile sizes from a memory budget, or from ``batch_size`` (seeds per block)."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        bytes_per = torch.finfo(dtype).bits // 8
-        # A tile has ~4 live temporaries (distances, weights, a mask, a copy).
-        budget = max(1 << 16, min(_CUDA_MAX_TILE_ELEMENTS, free // (8 * bytes_per)))
-        seeds = _CUDA_SEED_BLOCK if batch_size == "auto" else int(batch_size)
-    else:
-        budget = _CPU_TILE_ELEMENTS
-        seeds = _CPU_SEED_BLOCK if batch_size == "auto" else int(batch_size)
-    return Blocks(seeds=seeds, points=max(256, budget // max(1, seeds)))
-
+from .._decisions import decide_labels, decide_merge
+from .._reference import flat_edge, squared_distances
 
 def _is_out_of_memory(exc: BaseException) -> bool:
     oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
@@ -252,20 +231,6 @@ def ascend_seeds(
 _FUSED_STEPS_PER_SYNC = 8
 
 
-def fused_ascent_unavailable(config: "EngineConfig", n_features: int) -> str | None:
-    """Why the fused device-resident ascent cannot serve this fit, or None when it can.
-
-    (The engine computes in float32 or float64 only, both of which the kernel takes.)
-    """
-    if config.backend.name != "triton":
-        return f"backend {config.backend.name!r} has no fused ascent kernel"
-    from ..kernels import _ascent_max_features
-
-    if not 1 <= n_features <= _ascent_max_features():
-        return f"{n_features} features: the fused ascent unrolls 1 to {_ascent_max_features()}"
-    return None
-
-
 def ascend_fused(
     seeds: torch.Tensor,
     data: torch.Tensor,
@@ -427,7 +392,7 @@ def merge_modes(
 
     ``grid``: look for kept modes on a hash grid (:func:`meanshift_gpu._neighbors.compiled.keep_separated_modes`;
     CPU, 1 to 3 features, the C extension) instead of comparing with all of them;
-    "auto" does so from ``_MERGE_GRID_MIN`` candidates.  Same result.
+    "auto" does so from ``meanshift_gpu._decisions.MERGE_GRID_MIN`` candidates.  Same result.
     """
     valid = torch.isfinite(intensity)
     positions, intensity = positions[valid], intensity[valid]
@@ -463,29 +428,18 @@ def merge_modes(
     return kept
 
 
-# Below this many candidates the blockwise comparison takes milliseconds.
-_MERGE_GRID_MIN = 4096
-
-
 def _merge_on_grid(candidates: torch.Tensor, grid: bool | str) -> torch.Tensor | None:
-    """The merge's keep mask from the compiled hash grid, or None where it does not apply."""
+    """The merge's keep mask from the compiled hash grid, or None where :func:`decide_merge` says blockwise."""
     n, d = candidates.shape
-    if grid is False or (grid == "auto" and n < _MERGE_GRID_MIN):
+    if not decide_merge(n, d, candidates.device, grid).choice:
         return None
-    if candidates.device.type != "cpu" or not 1 <= d <= EXACT_DIFFERENCE_MAX_FEATURES:
-        return None
-    from .._neighbors.compiled import MERGE_CELL_SIDE, keep_separated_modes, unavailable
+    from .._neighbors.compiled import MERGE_CELL_SIDE, keep_separated_modes
 
-    if unavailable() is not None:  # no C extension: the blockwise comparison
-        return None
     if float(candidates.abs().max()) / MERGE_CELL_SIDE >= 2.0**60:  # cells beyond int64
         return None
     return torch.from_numpy(keep_separated_modes(candidates.contiguous().numpy(), flat_edge()))
 
 
-# From this many centers, labels come from a hash grid of centers (CPU,
-# d <= 3, C extension) rather than from every point-center distance.
-_LABEL_GRID_MIN_CENTERS = 256
 _LABEL_GRID_MAX_RING = 4
 
 
@@ -497,14 +451,12 @@ def _nearest_on_grid(points: torch.Tensor, centers: torch.Tensor, force: bool = 
     ignores the size threshold (tests).
     """
     n_centers, d = centers.shape
-    if (not force and n_centers < _LABEL_GRID_MIN_CENTERS) or not points.shape[0] or not n_centers:
+    if not points.shape[0] or not n_centers or points.dtype != centers.dtype:
         return None
-    if points.device.type != "cpu" or not 1 <= d <= EXACT_DIFFERENCE_MAX_FEATURES or points.dtype != centers.dtype:
+    if not decide_labels(n_centers, d, points.device, force).choice:
         return None
-    from .._neighbors.compiled import nearest_on_grid, unavailable
+    from .._neighbors.compiled import nearest_on_grid
 
-    if unavailable() is not None:  # no C extension: the dense search
-        return None
     extent = (centers.amax(0) - centers.amin(0)).double().clamp_min(1.0)
     side = max(1.0, float(extent.prod() / n_centers) ** (1.0 / d))
     if max(float(points.abs().max()), float(centers.abs().max())) / side >= 2.0**60:  # cells beyond int64

@@ -7,10 +7,11 @@ A backend provides three operations on scaled coordinates (bandwidth 1):
 - ``nearest(points, centers, block)``: nearest-center index and squared distance;
 - ``kth_distance(queries, data, k, block)``: k-th neighbour distance.
 
-Selection rules (as in Liger-Kernel): an explicit ``backend=`` name must be
-available for the device or a clear error is raised; ``"auto"`` walks the
-priority list and takes the first backend that can run on the device, which
-always ends at the pure-torch engine.  New backends (Triton, pruned variants)
+Selection (as in Liger-Kernel, made in :func:`meanshift_gpu._decisions.decide_backend`):
+an explicit ``backend=`` name must be available for the device or a clear error
+is raised; ``"auto"`` walks the priority list (``auto_priority``) and takes the
+first backend that can run on the device, which always ends at the pure-torch
+engine.  New backends (Triton, pruned variants)
 register here without touching the estimator.
 """
 
@@ -23,6 +24,7 @@ from typing import Callable
 import torch
 
 from .. import _reference
+from .._decisions import triton_blocked_takes, triton_step_takes
 
 
 @dataclass(frozen=True)
@@ -68,22 +70,10 @@ def available_backends() -> list[str]:
 
 
 def resolve_backend(name: str, device: torch.device) -> Backend:
-    """Return the backend to use for ``name`` (or ``"auto"``) on ``device``."""
-    if name == "auto":
-        for backend in sorted(_REGISTRY.values(), key=lambda b: b.auto_priority):
-            check = backend.auto_unavailable or backend.unavailable
-            if check(device) is None:
-                return backend
-        raise RuntimeError(f"no backend can run on device {device}")  # pragma: no cover
-    if name not in _REGISTRY:
-        raise ValueError(
-            f"unknown backend {name!r}; expected 'auto' or one of {available_backends()}"
-        )
-    backend = _REGISTRY[name]
-    reason = backend.unavailable(device)
-    if reason is not None:
-        raise RuntimeError(f"backend={name!r} cannot run on device {device}: {reason}")
-    return backend
+    """The backend for ``name`` (or ``"auto"``) on ``device``; the choice is :func:`meanshift_gpu._decisions.decide_backend`'s."""
+    from .._decisions import decide_backend
+
+    return decide_backend(name, device).choice
 
 
 # --------------------------------------------------------------------------- torch
@@ -142,33 +132,29 @@ def _triton_module():
     return kernels
 
 
-# The Triton step, nearest-center and k-th-distance kernels compute in
-# float32; float64 data take the float64 torch versions instead, so float64
-# input is computed in float64 on every device (scikit-learn parity).  The
-# fused ascent kernel (meanshift_gpu.kernels._ascent) runs float64 itself.
+# Which data the Triton kernels take is decided in meanshift_gpu._decisions
+# (triton_step_takes, triton_blocked_takes); the rest run in torch.  The fused
+# ascent kernel (meanshift_gpu.kernels._ascent) runs float64 itself.
 def _triton_step(seeds, data, weights, kernel, blocks: Blocks):
-    if seeds.dtype == torch.float64:
+    if not triton_step_takes(seeds.dtype):
         return _torch_step(seeds, data, weights, kernel, blocks)
     return _triton_module().mean_shift_step(seeds, data, weights, kernel=kernel)
 
 
 def _triton_nearest(points, centers, blocks: Blocks):
-    if points.dtype == torch.float64:
+    if not triton_step_takes(points.dtype):
         return _torch_nearest(points, centers, blocks)
     return _triton_module().nearest_centers(points, centers)
 
 
 def _triton_kth(queries, data, k, blocks: Blocks):
-    if queries.dtype == torch.float64:
+    if not triton_step_takes(queries.dtype):
         return _torch_kth(queries, data, k, blocks)
     return _triton_module().kth_neighbor_distance(queries, data, k)
 
 
 def _triton_blocked(seeds, data, weights, block_starts, block_indices, *, kernel, seed_block, truncate=None):
-    if (truncate is not None and kernel == "gaussian") or seeds.dtype == torch.float64:
-        # The block-sparse kernel has no truncation radius (the torch step keeps
-        # the Gaussian independent of how seeds were blocked) and computes in
-        # float32 (float64 data keep float64, as above).
+    if not triton_blocked_takes(seeds.dtype, kernel, truncate):
         from .._neighbors.blocked import blocked_step
 
         return blocked_step(

@@ -32,7 +32,7 @@
 /* Entry points ctypes looks up, whatever the default symbol visibility. */
 #define EXPORT __attribute__((visibility("default")))
 /* The band loops sum int64s under a 0/1 mask: vectorised well only with AVX2 or
- * AVX-512 (2-4x faster than baseline x86-64 on a 200k fit).  The entry points
+ * AVX-512 (timings in benchmarks/README.md, "Tuning history").  The entry points
  * are compiled once per level and picked when the library loads; the helpers
  * are forced inline so that they take their caller's level.  The arithmetic is
  * the same at every level (no FMA: -ffp-contract=off). */
@@ -194,7 +194,9 @@ static int hash_lists_init(HashLists *t, int64_t n_cells, int64_t n_items) {
 static void hash_lists_free(HashLists *t) { free(t->keys), free(t->heads), free(t->next); }
 
 /* Different cells may share a key: their lists then mix, which costs a few
- * extra distance tests and changes no decision. */
+ * extra distance tests and changes no decision.  The multipliers are the
+ * splitmix64 constants, as in meanshift_gpu/_engine/ascent.py (_MIX_1, _MIX_2);
+ * the two hashes are independent, so nothing has to match between them. */
 static int64_t cell_key(int64_t c0, int64_t c1, int64_t c2) {
     uint64_t key = ((uint64_t)c0 * 0x9E3779B97F4A7C15ull) ^ ((uint64_t)c1 * 0xBF58476D1CE4E5B9ull) ^
                    ((uint64_t)c2 * 0x94D049BB133111EBull);

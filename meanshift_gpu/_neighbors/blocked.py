@@ -1,21 +1,16 @@
-"""Block-sparse mean-shift steps in pure torch: only listed candidates are read.
+"""Block-sparse mean-shift step in pure torch: only listed candidates are read.
 
-Neighbour pruning (grid hashing, LSH, faiss) tells each seed, or each block
-of seeds, which data points can lie in its window.  The two steps here read
-only those points and are the torch reference (and CPU engine) of the Triton
-kernels in :mod:`meanshift_gpu.kernels._sparse_step`:
+Neighbour pruning (grid hashing, LSH, faiss) tells each block of seeds which
+data points can lie in its windows.  :func:`blocked_step` reads only those
+points and is the torch reference (and CPU engine) of the Triton kernel in
+:mod:`meanshift_gpu.kernels._sparse_step`.  Seeds in consecutive blocks of
+``seed_block`` rows share one candidate list per block, given in CSR form
+(``block_starts``, ``block_indices``).  This is the layout of grid hashing
+(a block of seeds sorted by cell reads the points of the adjacent cells);
+per-seed lists (LSH, faiss) are blocks of one seed.
 
-:func:`blocked_step`
-    Seeds in consecutive blocks of ``seed_block`` rows share one candidate
-    list per block, given in CSR form (``block_starts``, ``block_indices``).
-    This is the layout of grid hashing: a block of seeds sorted by cell reads
-    the points of the adjacent cells.
-:func:`candidate_step`
-    Every seed has its own, padded candidate list ``candidates[i]`` (``-1``
-    pads), the layout of kNN / range-search results (faiss, LSH).
-
-Both are exactly :func:`meanshift_gpu._reference.mean_shift_step` applied to
-each seed (block) with ``data[candidates]``: points not listed contribute
+The step is exactly :func:`meanshift_gpu._reference.mean_shift_step` applied
+to each seed block with ``data[candidates]``: points not listed contribute
 nothing, a point listed twice counts twice, an empty window keeps the seed
 and gets ``log_density = -inf``.
 
@@ -51,7 +46,7 @@ from .._reference import (
     EXACT_DIFFERENCE_MAX_FEATURES, KERNELS, StepResult, flat_edge, refine_near_edge, summed_squared_differences,
 )
 
-__all__ = ["blocked_step", "candidate_step", "check_blocks", "DEFAULT_MAX_PAIRS"]
+__all__ = ["blocked_step", "check_blocks", "DEFAULT_MAX_PAIRS"]
 
 # Seed-candidate pairs held at once (each pair costs a few dtype-sized
 # temporaries: ~100 MB in float64 at this size).
@@ -397,99 +392,3 @@ def blocked_step(
             )
     return accumulator.finish(seeds)
 
-
-def candidate_step(
-    seeds: torch.Tensor,
-    data: torch.Tensor,
-    weights: torch.Tensor | None,
-    candidates: torch.Tensor,
-    *,
-    kernel: str = "flat",
-    max_pairs: int = DEFAULT_MAX_PAIRS,
-    max_tile: int = 4096,
-) -> StepResult:
-    """Mean-shift step where every seed reads only its own candidate points.
-
-    Seed ``i`` reads ``data[candidates[i, j]]`` for the entries ``>= 0``;
-    negative entries (``-1``) are padding.  The result for seed ``i`` equals
-    ``_reference.mean_shift_step(seeds[i:i+1], data[c], weights[c])`` with
-    ``c`` its non-negative candidates (a candidate listed twice counts twice).
-
-    Parameters
-    ----------
-    seeds : Tensor of shape (m, d)
-        Seed positions (scaled coordinates: bandwidth 1).
-    data : Tensor of shape (n, d)
-        Data points, same dtype and device as ``seeds``.
-    weights : Tensor of shape (n,) or None
-        Non-negative sample weights; ``None`` means ones.
-    candidates : int64 Tensor of shape (m, k)
-        Data row indices per seed, ``-1`` for padding (as faiss returns them).
-    kernel : {"flat", "gaussian", "epanechnikov"}
-        Kernel profile, as in :func:`meanshift_gpu._reference.mean_shift_step`.
-    max_pairs : int, default=2**22
-        Seed-candidate pairs processed at once (bounds memory to a few
-        ``max_pairs * d`` elements).
-    max_tile : int, default=4096
-        Candidates per seed processed at once; longer lists are streamed in
-        tiles with a running Gaussian maximum.  Results do not depend on
-        ``max_pairs`` / ``max_tile`` beyond rounding.
-
-    Returns
-    -------
-    StepResult
-        ``positions`` (m, d) and ``log_density`` (m,) in the seeds' dtype.
-
-    Examples
-    --------
-    >>> import torch
-    >>> data = torch.tensor([[0.0], [0.5], [5.0]], dtype=torch.float64)
-    >>> seeds = torch.tensor([[0.0], [5.0]], dtype=torch.float64)
-    >>> candidate_step(seeds, data, None, torch.tensor([[0, 1], [2, -1]])).positions
-    tensor([[0.2500],
-            [5.0000]], dtype=torch.float64)
-    """
-    _check_inputs(seeds, data, weights, kernel)
-    n_seeds, n_features = seeds.shape
-    if candidates.ndim != 2 or candidates.shape[0] != n_seeds:
-        raise ValueError(
-            f"candidates must have shape ({n_seeds}, k), got {tuple(candidates.shape)}"
-        )
-    if candidates.dtype != torch.int64:
-        raise TypeError(f"candidates must be int64, got {candidates.dtype}")
-    if candidates.device != seeds.device:
-        raise ValueError(f"candidates are on {candidates.device} but the seeds on {seeds.device}")
-    if max_pairs < 1 or max_tile < 1:
-        raise ValueError("max_pairs and max_tile must be >= 1")
-    n_candidates = candidates.shape[1]
-    if candidates.numel() and int(candidates.max()) >= data.shape[0]:
-        raise ValueError(f"candidates must be data rows < {data.shape[0]} (or -1 for padding)")
-    gaussian = kernel == "gaussian"
-    point_factor = _gather_weights(weights, kernel)
-    tile = max(1, min(n_candidates, max_tile, max_pairs))
-    chunk = max(1, max_pairs // tile)
-    positions = torch.empty_like(seeds)
-    log_density = torch.empty(n_seeds, dtype=seeds.dtype, device=seeds.device)
-    for s0 in range(0, n_seeds, chunk):
-        q = seeds[s0 : s0 + chunk]
-        accumulator = _Accumulator(q.shape[0], n_features, seeds.dtype, seeds.device, gaussian)
-        rows_q = torch.arange(q.shape[0], device=seeds.device)
-        for k0 in range(0, n_candidates, tile):
-            cand = candidates[s0 : s0 + chunk, k0 : k0 + tile]
-            valid = cand >= 0
-            rows = cand.clamp_min(0)
-            x = data[rows].masked_fill_(~valid[..., None], 0.0)  # (c, t, d), padding zeroed
-            # One seed per batch entry: (c, 1, d) against its own (c, t, d).
-            p, row_max = _tile_weights(
-                _squared_distances(q[:, None, :], x, flat_edge() if kernel == "flat" else None),
-                valid,
-                None if point_factor is None else point_factor[rows],
-                kernel,
-            )
-            partial = torch.cat([torch.bmm(p, x), p.sum(-1, keepdim=True)], -1)[:, 0]
-            # The first tile of a chunk has nothing to combine with: copy it.
-            accumulator.add(rows_q, partial, None if row_max is None else row_max[:, 0], k0 == 0)
-        part = accumulator.finish(q)
-        positions[s0 : s0 + chunk] = part.positions
-        log_density[s0 : s0 + chunk] = part.log_density
-    return StepResult(positions, log_density)

@@ -20,6 +20,7 @@ import math
 import torch
 
 from .._reference import StepResult
+from .base import NeighborMethod
 
 # Keys are int64; keep the padded box well inside that range.
 _MAX_KEY_SPACE = 1 << 62
@@ -203,3 +204,36 @@ def grid_mean_shift_step(
     positions[targets] = out_positions[real]
     log_density[targets] = out_log_density[real]
     return StepResult(positions, log_density)
+
+
+class GridNeighbors(NeighborMethod):
+    """``neighbors="grid"`` with the batched block-sparse step (:func:`grid_mean_shift_step`).
+
+    ``max_indices(blocks)`` gives the candidate indices held at once (it
+    shrinks with the tiles after out-of-memory); ``blocked_step`` is the
+    backend's block-sparse kernel (None: torch).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from meanshift_gpu._engine.backends import Blocks
+    >>> from meanshift_gpu._neighbors.grid import GridIndex, GridNeighbors
+    >>> data = torch.tensor([[0.0, 0.0], [0.5, 0.0], [5.0, 5.0]], dtype=torch.float64)
+    >>> method = GridNeighbors(GridIndex(data, 1.0, None), max_indices=lambda blocks: 1 << 20)
+    >>> method.step(data[:1], "flat", Blocks(8, 256)).positions
+    tensor([[0.2500, 0.0000]], dtype=torch.float64)
+    """
+
+    name = "grid"
+
+    def __init__(self, index: GridIndex, *, max_indices, blocked_step=None, detail: str = ""):
+        self.index = index
+        self._max_indices = max_indices
+        self._blocked_step = blocked_step
+        self.detail = detail or "grid: cells of one reach, batched block-sparse step"
+
+    def step(self, seeds, kernel, blocks):
+        return grid_mean_shift_step(
+            seeds, self.index, kernel=kernel, blocked_step=self._blocked_step,
+            max_indices=self._max_indices(blocks),
+        )

@@ -50,9 +50,10 @@ import numpy as np
 import torch
 
 from .._reference import StepResult, flat_edge
+from .base import NeighborMethod
 
 __all__ = [
-    "RowSumIndex", "rowsum_step", "compiled_rowsum_step", "compiled_unavailable", "ROW_CELLS",
+    "RowSumIndex", "RowSumNeighbors", "rowsum_step", "compiled_rowsum_step", "ROW_CELLS",
     "ROWSUM_MAX_FEATURES",
 ]
 
@@ -329,22 +330,6 @@ def _test_band(seeds, index, acc, starts, lengths, owners) -> None:
     acc.index_add_(0, owner[hit], index.summands[point[hit]])
 
 
-def compiled_unavailable() -> str | None:
-    """None when the compiled row sums can run, else a sentence saying why not.
-
-    They live in the ``meanshift_gpu._neighbors._native`` C extension, built when the
-    package is installed; see :func:`meanshift_gpu._neighbors.compiled.unavailable`.
-
-    Examples
-    --------
-    >>> compiled_unavailable() is None or "C extension" in compiled_unavailable()
-    True
-    """
-    from .compiled import unavailable
-
-    return unavailable()
-
-
 def compiled_rowsum_step(seeds: torch.Tensor, index: RowSumIndex, shared_radius: float | None = None) -> StepResult:
     """One exact flat-kernel step from an index's row sums, in compiled CPU code.
 
@@ -562,3 +547,38 @@ def _fixed_point_scale(total: float) -> float:
     if total <= 0.0:
         return 2.0**80
     return 2.0 ** min(80, math.floor(math.log2(2.0**62 / (total * (1 + 1e-9)))))
+
+
+class RowSumNeighbors(NeighborMethod):
+    """``neighbors="grid"`` for the flat kernel in 1-3 D: running sums over rows of fine cells.
+
+    ``compiled=True`` runs :func:`compiled_rowsum_step` (the C extension,
+    CPU, which spreads its work over the threads itself); else
+    :func:`rowsum_step` in torch, holding ``max_pairs(blocks)`` pairs at once.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from meanshift_gpu._engine.backends import Blocks
+    >>> from meanshift_gpu._neighbors.rowsum import RowSumIndex, RowSumNeighbors
+    >>> data = torch.tensor([[0.0, 0.0], [0.5, 0.0], [5.0, 5.0]], dtype=torch.float64)
+    >>> method = RowSumNeighbors(RowSumIndex(data, None, 8), compiled=False, max_pairs=lambda blocks: 1 << 20)
+    >>> method.step(data[:1], "flat", Blocks(8, 256)).positions
+    tensor([[0.2500, 0.0000]], dtype=torch.float64)
+    """
+
+    name = "grid"
+
+    def __init__(self, index: RowSumIndex, *, compiled: bool, max_pairs, detail: str = ""):
+        self.index = index
+        self.compiled = compiled
+        self.threaded = compiled
+        self._max_pairs = max_pairs
+        cells = index.m
+        how = "compiled C loop" if compiled else "torch"
+        self.detail = detail or f"grid: row prefix sums, {how}, {cells} cell{'s' if cells != 1 else ''} per bandwidth"
+
+    def step(self, seeds, kernel, blocks):
+        if self.compiled:
+            return compiled_rowsum_step(seeds, self.index)
+        return rowsum_step(seeds, self.index, max_pairs=self._max_pairs(blocks))

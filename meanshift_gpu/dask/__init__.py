@@ -37,13 +37,12 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from . import engine as eng
 from .._engine import ascent as _engine
-from .._engine.backends import resolve_backend
-from .._bandwidth.estimate import estimate_bandwidth, feature_bandwidths
-from .._bandwidth.rules import RULE_NAMES, effective_sample_size, resolve_rule, unknown_rule_message
+from .._bandwidth.rules import effective_sample_size
 from .._estimator import MeanShift as _SingleMachineMeanShift
-from .._neighbors import check_neighbor_options, kernel_reach
-from .._reference import flat_edge_for, typical_extent, using_flat_edge
-from .._validation import as_tensor, check_bandwidth_value, check_points, compute_dtype, resolve_device
+from .._neighbors import kernel_reach
+from .._reference import using_flat_edge
+from .._spec import FitSpec, bandwidth_scale, flat_edge_of, median_offset, resolve_bandwidth
+from .._validation import as_tensor, check_points, compute_dtype, resolve_device
 
 __all__ = ["MeanShift"]
 
@@ -225,9 +224,11 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
             raise ValueError(f"n_partitions must be >= 1, got {self.n_partitions!r}")
         if self.bandwidth_n_samples < 1:
             raise ValueError(f"bandwidth_n_samples must be >= 1, got {self.bandwidth_n_samples!r}")
+        # The single-machine estimator's settings, resolved by the same code.
+        spec = FitSpec.from_estimator(self)
         if _is_dask(X):
-            return self._fit_dask(client, X, sample_weight)
-        return self._fit_memory(client, X, sample_weight)
+            return self._fit_dask(client, spec, X, sample_weight)
+        return self._fit_memory(client, spec, X, sample_weight)
 
     def _client(self):
         if self.client is not None:
@@ -241,7 +242,7 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
             ) from exc
 
     # -------------------------------------------------------------- in-memory input
-    def _fit_memory(self, client, X, sample_weight):
+    def _fit_memory(self, client, spec, X, sample_weight):
         if isinstance(X, torch.Tensor):
             X = X.detach().cpu().numpy()
         X = self._validate_X(X, reset=True)
@@ -252,12 +253,11 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
             from .._validation import check_sample_weight
 
             weights = check_sample_weight(sample_weight, X.shape[0], torch.device("cpu"), dtype)
-        # The same offset as the single-machine fit (the median: one far outlier
-        # cannot move it, so the clusters keep their precision once centred).
-        offset = data.median(0).values
-        bandwidth = self._bandwidth_from_sample(X, data, weights, effective_sample_size(X.shape[0], weights))
+        # The same offset as the single-machine fit: all the data are here.
+        offset = median_offset(data)
+        bandwidth = self._bandwidth_from_sample(spec, X, data, weights, effective_sample_size(X.shape[0], weights))
         plan, stats = self._plan(
-            client, bandwidth, offset.numpy(), dtype, data.shape[1],
+            client, spec, bandwidth, offset.numpy(), dtype, data.shape[1],
             data.amin(0).numpy(), data.amax(0).numpy(), _sample_u(data, weights, self, offset), data,
         )
         u = ((data[:, plan.axis] - offset[plan.axis]) / torch.as_tensor(plan.scale[plan.axis]).to(dtype))
@@ -300,7 +300,7 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
         return self
 
     # ------------------------------------------------------------------ dask input
-    def _fit_dask(self, client, X, sample_weight):
+    def _fit_dask(self, client, spec, X, sample_weight):
         if hasattr(X, "to_dask_array"):  # dask DataFrame
             names = np.asarray(X.columns, dtype=object)
             X = X.to_dask_array(lengths=True)
@@ -354,23 +354,19 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
         n_eff = float(n) if weights_da is None else float(w_sum) ** 2 / float(w_sq)
 
         # A uniform sample (all points when few) for the bandwidth and the boundaries.
-        k = min(n, int(self.bandwidth_n_samples))
-        if k >= n:
+        idx = _sample_indices(n, self.bandwidth_n_samples, self.random_state)
+        if idx is None:
             idx = np.arange(n)
-        else:
-            idx = np.sort(np.random.default_rng(self.random_state).choice(n, size=k, replace=False))
         sample_np = client.compute(X[idx], sync=True)
         sample_w = None
         if weights_da is not None:
             sample_w = torch.as_tensor(client.compute(weights_da[idx], sync=True)).to(dtype)
         sample = torch.as_tensor(np.ascontiguousarray(sample_np)).to(dtype)
-        # Centred on the sample's median (the whole median would cost a pass
-        # over the array): like the single-machine fit, a few far outliers
-        # cannot drag it away from the clusters, whose precision it keeps.
-        offset = sample.median(0).values
-        bandwidth = self._bandwidth_from_sample(sample_np, sample, sample_w, n_eff)
+        # Centred on the sample's median: the whole median would cost a pass over the array.
+        offset = median_offset(sample)
+        bandwidth = self._bandwidth_from_sample(spec, sample_np, sample, sample_w, n_eff)
         plan, stats = self._plan(
-            client, bandwidth, offset.numpy(), dtype, d,
+            client, spec, bandwidth, offset.numpy(), dtype, d,
             np.asarray(mins, dtype=np.float64), np.asarray(maxs, dtype=np.float64),
             _sample_u_from(sample, sample_w, offset), sample,
         )
@@ -396,46 +392,26 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
         return self
 
     # ------------------------------------------------------------------ shared steps
-    def _bandwidth_from_sample(self, X_sample, sample: torch.Tensor, weights, n_eff_full: float):
-        """The bandwidth, from the sample as the single-machine rule on it.
+    def _bandwidth_from_sample(self, spec, X_sample, sample: torch.Tensor, weights, n_eff_full: float):
+        """The bandwidth: the single-machine resolution on a uniform sample.
 
         With at most ``bandwidth_n_samples`` points the sample is the data
-        and the value is the single-machine one.  Scott's and Silverman's
-        rules shrink as ``n_eff ** (-1 / (d + 4))``: on a subsample they are
-        rescaled to the full data's effective size ``n_eff_full``.
+        and the value is the single-machine one.  The rules that depend on
+        the number of points (Scott's, Silverman's) are rescaled from the
+        sample's effective size to the full data's, ``n_eff_full``.
         """
-        bw = self.bandwidth
-        device = resolve_device(self.device, None)
-        if bw is None or (isinstance(bw, str) and bw == "sklearn"):
-            n = sample.shape[0]
-            sub = X_sample
-            if n > self.bandwidth_n_samples:
-                idx = np.sort(np.random.default_rng(self.random_state).choice(n, self.bandwidth_n_samples, replace=False))
-                sub = np.asarray(X_sample)[idx]
-            value = float(estimate_bandwidth(sub, quantile=self.bandwidth_quantile, device=self.device, backend=self.backend))
-        elif isinstance(bw, str):
-            if bw not in RULE_NAMES:
-                raise ValueError(unknown_rule_message(bw))
-            n = sample.shape[0]
-            if n > self.bandwidth_n_samples:
-                idx = torch.as_tensor(np.sort(np.random.default_rng(self.random_state).choice(
-                    n, self.bandwidth_n_samples, replace=False)))
-                sample = sample[idx]
-                weights = None if weights is None else weights[idx]
-            value = resolve_rule(
-                bw, as_tensor(sample, device, sample.dtype),
-                None if weights is None else weights.to(device),
-                kernel=self.kernel, backend=resolve_backend(self.backend, device),
-                quantile=float(self.bandwidth_quantile),
-            )
-            if bw in ("scott", "silverman"):
-                n_eff_sample = effective_sample_size(sample.shape[0], weights)
-                if n_eff_sample < n_eff_full:
-                    value = value * (n_eff_sample / n_eff_full) ** (1.0 / (sample.shape[1] + 4))
-        elif isinstance(bw, dict):
-            value = feature_bandwidths(bw, sample.shape[1])
-        else:
-            value = check_bandwidth_value(bw, sample.shape[1])
+        idx = _sample_indices(sample.shape[0], self.bandwidth_n_samples, self.random_state)
+        if idx is not None:
+            X_sample = np.asarray(X_sample)[idx]
+            sample = sample[torch.as_tensor(idx)]
+            weights = None if weights is None else weights[torch.as_tensor(idx)]
+        # The rules run on the driver's device ("auto": its GPU, if any).
+        device = resolve_device(spec.device, None)
+        value = resolve_bandwidth(
+            spec, X_sample, as_tensor(sample, device, sample.dtype),
+            None if weights is None else weights.to(device),
+            full_effective_size=n_eff_full,
+        )
         if not np.all(np.asarray(value) > 0):
             raise ValueError(
                 "the estimated bandwidth is 0 (heavily duplicated data); pass a positive "
@@ -443,27 +419,23 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
             )
         return value
 
-    def _plan(self, client, bandwidth, offset, dtype, d, mins, maxs, u_of, points):
+    def _plan(self, client, spec, bandwidth, offset, dtype, d, mins, maxs, u_of, points):
         """Scale, split axis, boundaries and halo width of this fit."""
         np_dtype = np.float32 if dtype == torch.float32 else np.float64
-        scale = np.array(np.broadcast_to(bandwidth, (d,)), dtype=np_dtype)
+        scale = bandwidth_scale(bandwidth, d, dtype).numpy()
         extent = (np.asarray(maxs, np.float64) - np.asarray(mins, np.float64)) / scale
         axis = int(np.argmax(extent))
-        options = check_neighbor_options(self.neighbor_options)
-        reach = kernel_reach(self.kernel, options)
+        reach = kernel_reach(spec.kernel, spec.neighbor_options)
         max_abs = float(np.max(np.abs((np.stack([mins, maxs]) - offset) / scale)))
         halo = reach + eng.halo_margin(max_abs, d, np.dtype(np_dtype).name)
         n_parts = self.n_partitions or len(_workers(client))
         u_sample = u_of(axis, scale[axis])
         bounds = eng.choose_bounds(u_sample, n_parts, 2 * halo)
+        # The edge's rounding allowance from the points at hand (all of them, or the sample).
+        scaled_points = (points - torch.as_tensor(offset).to(points.dtype)) / torch.as_tensor(scale).to(points.dtype)
         plan = eng.Plan(
-            offset=np.asarray(offset, dtype=np_dtype), scale=scale, dtype=np.dtype(np_dtype).name,
-            axis=axis, bounds=bounds, halo=halo, kernel=self.kernel, tol=float(self.tol),
-            max_iter=int(self.max_iter), device=str(self.device) if not isinstance(self.device, str) else self.device,
-            backend=self.backend, batch_size=self.batch_size, neighbors=self.neighbors,
-            neighbor_options=self.neighbor_options, cluster_all=bool(self.cluster_all),
-            flat_edge=flat_edge_for(dtype, d, typical_extent(
-                (points - torch.as_tensor(offset).to(points.dtype)) / torch.as_tensor(scale).to(points.dtype))),
+            spec=spec, offset=np.asarray(offset, dtype=np_dtype), scale=scale, dtype=np.dtype(np_dtype).name,
+            axis=axis, bounds=bounds, halo=halo, flat_edge=flat_edge_of(scaled_points),
         )
         stats = eng.FitStats(
             n_partitions=plan.n_partitions, split_axis=axis,
@@ -476,7 +448,7 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
         """Partition, seed, iterate in rounds; return the merged centers (scaled)."""
         P = plan.n_partitions
         clock = time.perf_counter()
-        log = _engine.EngineConfig(None, plan.kernel, None, 0.0, 0, bool(self.verbose)).log
+        log = _engine.EngineConfig(None, plan.spec.kernel, None, 0.0, 0, plan.spec.verbose).log
         # 1. Split every chunk into the pieces of the partitions it touches.
         splits = [
             client.submit(eng.split_chunk, c, w, plan, key=f"meanshift-split-{token}-{i}")
@@ -557,7 +529,7 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
             stats.migrated_per_round.append(migrated)
             stats.migrated_bytes += migrated * (np.dtype(plan.dtype).itemsize * plan.offset.shape[0] + 8)
             log(f"round {r}: {stats.seeds_per_round[-1]} seeds stepped, {migrated} migrate")
-            if r > plan.max_iter + 1:  # pragma: no cover - every migration costs an iteration
+            if r > plan.spec.max_iter + 1:  # pragma: no cover - every migration costs an iteration
                 raise RuntimeError("seeds kept migrating past max_iter; please report this")
             r += 1
         stats.rounds = r
@@ -597,7 +569,7 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
                 int(p): [(scaled[owner == p].numpy(), np.zeros(int((owner == p).sum()), np.int64))]
                 for p in torch.unique(owner).tolist()
             }
-        if self.bin_seeding:
+        if plan.spec.bin_seeding:
             binned = [
                 client.submit(eng.bin_chunk, c, w, plan, key=f"meanshift-bin-{token}-{i}")
                 for i, (c, w) in enumerate(zip(chunks, wchunks))
@@ -612,7 +584,7 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
                     for i, own in enumerate(owners) if p in own
                 ]
                 seeds.append(client.submit(
-                    eng.bin_partition, plan, float(self.min_bin_freq), *pieces, key=f"meanshift-binseeds-{token}-{p}"
+                    eng.bin_partition, plan, float(plan.spec.min_bin_freq), *pieces, key=f"meanshift-binseeds-{token}-{p}"
                 ))
             n_seeds = client.gather([
                 client.submit(eng.n_rows, s, key=f"meanshift-nbin-{token}-{p}") for p, s in enumerate(seeds)
@@ -663,7 +635,8 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
         check_is_fitted(self)
         if X.ndim != 2 or X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has shape {X.shape}, expected (n, {self.n_features_in_})")
-        plan = replace(self._plan_, cluster_all=True)
+        # Every point gets its nearest center, as in the single-machine predict.
+        plan = replace(self._plan_, spec=replace(self._plan_.spec, cluster_all=True))
         centers = ((torch.as_tensor(self.cluster_centers_).to(torch.as_tensor(plan.scale).dtype)
                     - torch.as_tensor(plan.offset)) / torch.as_tensor(plan.scale)).numpy()
         return X.rechunk({1: -1}).map_blocks(
@@ -721,10 +694,20 @@ def _sample_u(data: torch.Tensor, weights, est: MeanShift, offset: torch.Tensor)
     """
     if weights is not None:
         data = data[weights > 0]
-    n = data.shape[0]
-    k = min(n, int(est.bandwidth_n_samples))
-    idx = np.arange(n) if k >= n else np.sort(np.random.default_rng(est.random_state).choice(n, k, replace=False))
-    return _sample_u_from(data[torch.as_tensor(idx)], None, offset)
+    idx = _sample_indices(data.shape[0], est.bandwidth_n_samples, est.random_state)
+    return _sample_u_from(data if idx is None else data[torch.as_tensor(idx)], None, offset)
+
+
+def _sample_indices(n: int, n_samples: int, random_state) -> np.ndarray | None:
+    """Sorted indices of a uniform sample (without replacement) of ``n_samples`` of ``n`` rows.
+
+    None when ``n <= n_samples``: the sample is all the rows.  The one
+    sampling rule of the bandwidth and the boundaries, so both see the same
+    points.
+    """
+    if n <= int(n_samples):
+        return None
+    return np.sort(np.random.default_rng(random_state).choice(n, int(n_samples), replace=False))
 
 
 def _sample_u_from(sample: torch.Tensor, weights, offset: torch.Tensor):

@@ -9,13 +9,13 @@ final modes).
 Design
 ------
 *Coordinates.*  Workers use the single-machine engine's scaled coordinates
-``(x - offset) / scale`` (``offset`` = data mean, ``scale`` = bandwidth), in
+``(x - offset) / scale`` (``offset`` = data median, ``scale`` = bandwidth), in
 which the flat and Epanechnikov kernels have reach 1 and the Gaussian is cut at
 ``neighbor_options["truncate"]`` (the reach).
 
 *Partitions.*  The scaled axis ``a`` along which the data are widest is cut at
 interior boundaries ``B_1 < ... < B_{P-1}``: integers in scaled units, i.e.
-whole bandwidths from the data mean, placed at quantiles of a sample so the
+whole bandwidths from the data median, placed at quantiles of a sample so the
 partitions hold similar numbers of points, and at least ``2 * halo`` apart.
 Partition ``p`` *owns* the slab ``B_p <= u < B_{p+1}`` (``u = x_a``; the first
 and last slabs are open) and stores its own points (the *core*) plus the
@@ -60,10 +60,11 @@ import numpy as np
 import torch
 
 from .._engine import ascent as _engine
-from .._engine.backends import resolve_backend
 from .._reference import using_flat_edge
-from .._neighbors import build_pruner, check_neighbor_options, choose_method, kernel_reach
+from .._decisions import decide_neighbors
+from .._neighbors import build_neighbor_method, kernel_reach
 from .._neighbors.grid import GridIndex
+from .._spec import FitSpec, engine_config
 from .._validation import resolve_device
 
 
@@ -71,26 +72,21 @@ from .._validation import resolve_device
 class Plan:
     """Everything a worker needs to know about one fit (small, picklable).
 
-    ``bounds`` are the interior partition boundaries in scaled coordinates
-    along ``axis``; ``halo`` the width (scaled) of the halo on each side.
+    The fit's settings are the estimator's :class:`~meanshift_gpu._spec.FitSpec`,
+    the same object the single-machine fit resolves them into; the rest is
+    the geometry of the partitions.  ``bounds`` are the interior partition
+    boundaries in scaled coordinates along ``axis``; ``halo`` the width
+    (scaled) of the halo on each side.
     """
 
+    spec: FitSpec
     offset: np.ndarray  # (d,), compute dtype
     scale: np.ndarray  # (d,), compute dtype
     dtype: str  # "float32" or "float64"
     axis: int
     bounds: np.ndarray  # (P - 1,), float64, integers
     halo: float
-    kernel: str
-    tol: float
-    max_iter: int
-    device: str
-    backend: str
-    batch_size: int | str
-    neighbors: str
-    neighbor_options: dict | None = None
-    cluster_all: bool = True
-    # The flat window's edge (see meanshift_gpu._reference.flat_edge_for), set in every worker.
+    # The flat window's edge (see meanshift_gpu._spec.flat_edge_of), set in every worker.
     flat_edge: float = 1.0
 
     @property
@@ -110,7 +106,7 @@ def _torch_dtype(plan: Plan) -> torch.dtype:
 
 
 def _device(plan: Plan) -> torch.device:
-    return resolve_device(plan.device)
+    return resolve_device(plan.spec.device)
 
 
 def _scaled(block: np.ndarray, plan: Plan, device: torch.device) -> torch.Tensor:
@@ -137,14 +133,8 @@ def _np(t: torch.Tensor | None) -> np.ndarray | None:
 
 
 def _config(plan: Plan, device: torch.device) -> _engine.EngineConfig:
-    dtype = _torch_dtype(plan)
-    return _engine.EngineConfig(
-        backend=resolve_backend(plan.backend, device),
-        kernel=plan.kernel,
-        blocks=_engine.auto_blocks(device, plan.batch_size, dtype),
-        tol=float(plan.tol),
-        max_iter=int(plan.max_iter),
-    )
+    # Quiet: a worker's log lines would not reach the user; the driver logs the rounds.
+    return engine_config(plan.spec, device, _torch_dtype(plan), verbose=False)
 
 
 # ------------------------------------------------------------------ partitioning (workers)
@@ -351,9 +341,10 @@ def _ascend_partition(part: dict, batches: list, plan: Plan) -> dict:
 
     result = {"p": part["p"], "n_seeds": int(positions.shape[0]), "n_steps": 0, "method": None}
     if positions.shape[0] and data.shape[0]:
+        spec = plan.spec
         config = _config(plan, device)
-        options = check_neighbor_options(plan.neighbor_options)
-        reach = kernel_reach(plan.kernel, options)
+        options = spec.neighbor_options
+        reach = kernel_reach(spec.kernel, options)
         grid: list = []
 
         def lazy_grid():
@@ -361,13 +352,13 @@ def _ascend_partition(part: dict, batches: list, plan: Plan) -> dict:
                 grid.append(GridIndex(data, reach, weights))
             return grid[0]
 
-        method = choose_method(
-            plan.neighbors, n_seeds=positions.shape[0], n_points=data.shape[0],
-            n_features=d, device=device, grid=lazy_grid, kernel=plan.kernel,
+        method = decide_neighbors(
+            spec.neighbors, n_seeds=positions.shape[0], n_points=data.shape[0],
+            n_features=d, device=device, grid=lazy_grid, kernel=spec.kernel,
             compiled=options["compiled"],
-        )
-        pruner = build_pruner(
-            method, data, weights, kernel=plan.kernel, options=options,
+        ).value
+        pruner = build_neighbor_method(
+            method, data, weights, kernel=spec.kernel, options=options,
             dense_step=config.backend.step, blocked_step=config.backend.blocked_step,
             grid=grid[0] if grid else None,
         )
@@ -439,7 +430,7 @@ def label_block(block: np.ndarray, centers: np.ndarray, plan: Plan) -> np.ndarra
     scaled = _scaled(block, plan, device)
     c = torch.as_tensor(centers).to(device=device, dtype=scaled.dtype)
     with using_flat_edge(plan.flat_edge):
-        labels = _engine.assign_labels(scaled, c, _config(plan, device), plan.cluster_all)
+        labels = _engine.assign_labels(scaled, c, _config(plan, device), plan.spec.cluster_all)
     return labels.cpu().numpy().astype(np.int64, copy=False)
 
 

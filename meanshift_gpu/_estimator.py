@@ -318,10 +318,11 @@ class MeanShift(ClusterMixin, BaseEstimator):
         self : MeanShift
             Fitted estimator.
         """
+        input_dtype = getattr(X, "dtype", None)  # before validation turns integers into float64
         X = self._validate_X(X, reset=True)
         with recording(DecisionLog()) as decisions:
             device = decide_device(self.device, X).choice
-            dtype = decide_dtype(X.dtype).choice
+            dtype = decide_dtype(X.dtype if input_dtype is None else input_dtype).choice
             data = as_tensor(X, device, dtype)
             weights = check_sample_weight(sample_weight, data.shape[0], device, dtype)
             result = _fit(self, X, data, weights, device)

@@ -27,6 +27,7 @@ step           grid: row prefix sums (flat kernel, 1-3 D; compiled C on the CPU)
                or the batched block-sparse step; their cells per bandwidth
 ascent         fused device-resident Triton loop, or the host loop
 tiles          seeds x points per tile, from a memory budget or ``batch_size``
+kernel_tile    the fused Triton ascent's tile, from the committed table
 merge          hash grid in C (CPU, 1-3 D, many candidates) or blockwise
 labels         hash grid in C (CPU, 1-3 D, many centers) or the backend's search
 threads        CPU threads that take pieces of each step
@@ -503,6 +504,19 @@ def decide_ascent(
     else:
         why = f"{per_reach} cells per reach, asked for"
     return _made(Decision("ascent", "fused (grid ranges)", why, choice=per_reach))
+
+
+def decide_kernel_tile(op: str, n_features: int, kernel: str, device: torch.device, dtype: torch.dtype) -> Decision:
+    """The Triton kernel's tile for ``op`` from the committed table (``kernels/_tiles.py``; no autotuning in fit)."""
+    from .kernels._common import INTERPRETED
+    from .kernels._tiles import pick_tile
+
+    if INTERPRETED:
+        return _made(Decision("kernel_tile", "interpreter tile", "TRITON_INTERPRET=1: a small tile for tests"))
+    tile = pick_tile(op, n_features, kernel, device, dtype)
+    value = f"{tile.rows} x {tile.cols}, {tile.num_warps} warps, {tile.num_stages} stages"
+    return _made(Decision("kernel_tile", value, f"the committed tile table for {op}, {n_features} features, "
+                                                 f"{kernel}, {str(dtype).removeprefix('torch.')}", choice=tile))
 
 
 # ----------------------------------------------------------------------------- tiles

@@ -19,7 +19,7 @@ from ._engine import ascent as _engine
 from ._bandwidth.adaptive import PointBandwidths, adaptive_backend
 from ._bandwidth.rules import RULE_NAMES
 from ._decisions import (
-    DecisionLog, decide_ascent, decide_device, decide_dtype, decide_neighbors, decide_step_kernels,
+    DecisionLog, decide_ascent, decide_device, decide_kernel_tile, decide_dtype, decide_neighbors, decide_step_kernels,
     decide_threads, paused, record, recording,
 )
 from ._neighbors import NEIGHBOR_METHODS, build_neighbor_method, check_neighbor_options, kernel_reach
@@ -548,6 +548,7 @@ def _fused_ascent(config, method, options, seeds, data, weights, reach, point_ba
                          per_point_bandwidths=point_bandwidths is not None)
     if plan.value == "host loop":
         return None
+    decide_kernel_tile("ascent", data.shape[1], config.kernel, data.device, data.dtype)
     ranges = None
     if method == "grid":
         from .kernels import _ascent_module

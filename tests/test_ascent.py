@@ -217,6 +217,7 @@ def test_estimator_uses_the_fused_ascent_and_matches_torch(neighbors):
     X, _ = make_blobs(200, n_features=3, centers=4, random_state=0)
     fused = MeanShift(bandwidth=2.0, backend="triton", device=DEVICE, neighbors=neighbors).fit(X)
     assert fused.fit_info_["ascent"].startswith("fused")
+    assert fused.fit_info_["step"] is None and "kernel_tile" in fused.fit_info_  # the kernel is the step
     host = MeanShift(bandwidth=2.0, backend="torch", device="cpu", neighbors=neighbors).fit(X)
     assert fused.cluster_centers_.shape == host.cluster_centers_.shape
     np.testing.assert_allclose(np.sort(fused.cluster_centers_, 0), np.sort(host.cluster_centers_, 0), atol=1e-9)

@@ -24,10 +24,11 @@ and shape):
    cell a seed, so 5 mm nodules get one).  A nodule (round, shape index ~1)
    and the vessel it touches (shape index ~0.75) fall apart along the shape
    axis even where they touch in space.  The scan is cut into spatial tiles
-   (``tile_mm``) with a halo of ``3 * bandwidth_mm``; each tile is fitted on
-   its own with the library's exact dense pass and modes found in several
-   tiles are merged (the same modes, for far less work: mean shift with a
-   flat kernel never reads points beyond one bandwidth).
+   (``tile_mm``) with a halo of ``3 * bandwidth_mm``
+   (:func:`meanshift_gpu.tiled_mean_shift`); each tile is fitted on its own
+   with the library's exact dense pass and modes found in several tiles are
+   merged (the same modes, for far less work: mean shift with a flat kernel
+   never reads points beyond one bandwidth).
 6. **Candidates**: one per cluster, at its mode, with size, intensity,
    shape, core and neighbourhood statistics (:class:`Clusters`) and the
    image context around the mode (:func:`context_features`), scored by

@@ -2,9 +2,8 @@
 
 torch's intra-op threads split each operation statically and meet at a
 barrier at its end.  With another process on the machine, one of them is
-preempted and every operation waits for it: a 20k-point fit that takes
-0.2 s on a quiet 2-core machine took 0.5-0.8 s beside one busy process, a
-dense 5k x 8 Gaussian fit 3-4x its quiet time.  So on the CPU the ascent
+preempted and every operation waits for it (benchmarks/README.md, "Tuning
+history", has the slowdowns measured).  So on the CPU the ascent
 runs with torch set to one thread, and its steps are split into many more
 pieces than there are threads, which the threads take one at a time (a
 thread on a busy core simply takes fewer):

@@ -412,8 +412,8 @@ def _compact_order(q: torch.Tensor, index: RowSumIndex) -> tuple[np.ndarray, np.
     the codes' top bit (for :func:`meanshift_gpu._neighbors.compiled.split_groups`: all seeds of a
     group share their row cell, so they have the same rows around them, and
     fit in a small box).  One sort of a 63-bit (run of the row cell, code)
-    key, in torch: ``np.lexsort`` on the two took 0.25 s per step at 10**6
-    seeds, this ~0.06 s.
+    key, in torch, which is faster than ``np.lexsort`` on the two
+    (benchmarks/README.md, "Tuning history").
     """
     n, d = q.shape
     key = _own_row_keys(q, index)

@@ -16,7 +16,7 @@ them are in ``benchmarks/README.md`` ("Tuning history").
 decision       rule
 =============  ====================================================================
 device         "auto": a CUDA tensor's device, else CUDA when available, else CPU
-dtype          the input's float dtype (half floats -> float32, integers -> float64)
+dtype          the input's float dtype (torch half floats -> float32; numpy float16 and integers -> float64)
 backend        explicit name, or the first of the priority list that can run
                (Triton on CUDA, then torch)
 kernels        which implementation runs the host loop's steps: Triton's
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -149,11 +150,12 @@ def recording(log: DecisionLog) -> Iterator[DecisionLog]:
 def paused() -> Iterator[None]:
     """Within: decisions are made but not recorded (a bandwidth rule's own inner fits)."""
     outer = getattr(_active, "log", None)
-    _active.log = None
+    outer_paused = getattr(_active, "paused_log", None)
+    _active.log, _active.paused_log = None, outer or outer_paused
     try:
         yield
     finally:
-        _active.log = outer
+        _active.log, _active.paused_log = outer, outer_paused
 
 
 def _made(decision: Decision) -> Decision:
@@ -163,9 +165,20 @@ def _made(decision: Decision) -> Decision:
     return decision
 
 
-def record(name: str, value: Any, reason: str, automatic: bool = True) -> Decision:
-    """Record a decision whose value was computed elsewhere (the flat edge, the step the pruner runs)."""
-    return _made(Decision(name, value, reason, automatic))
+def record(name: str, value: Any, reason: str, automatic: bool = True, *, through_pause: bool = False) -> Decision:
+    """Record a decision whose value was computed elsewhere (the flat edge, the step a method runs).
+
+    ``through_pause`` records it in the fit's log even inside :func:`paused`
+    (a bandwidth rule's own fallback is the fit's decision; its inner fits'
+    tiles and merges are not).
+    """
+    decision = Decision(name, value, reason, automatic)
+    if through_pause and getattr(_active, "log", None) is None:
+        log = getattr(_active, "paused_log", None)
+        if log is not None:
+            log.add(decision)
+        return decision
+    return _made(decision)
 
 
 # ----------------------------------------------------------------------------- device, dtype
@@ -251,8 +264,14 @@ def triton_blocked_takes(dtype: torch.dtype, kernel: str, truncate: float | None
     return triton_step_takes(dtype) and not (truncate is not None and kernel == "gaussian")
 
 
-def decide_step_kernels(backend_name: str, dtype: torch.dtype, kernel: str, method: str) -> Decision:
-    """Which implementation runs the host loop's steps, nearest-center search and k-th distances."""
+def decide_step_kernels(backend_name: str, dtype: torch.dtype, kernel: str, method: str, *,
+                        fused: bool = False) -> Decision:
+    """Which implementation runs the steps (host loop, or the fused ascent) and the nearest-center search."""
+    if fused:
+        search = "torch" if not triton_step_takes(dtype) else "triton"
+        return _made(Decision("kernels", f"triton fused ascent; nearest-center search in {search}",
+                              f"the fused ascent computes in {str(dtype).removeprefix('torch.')} itself"
+                              + ("; the nearest-center kernel in float32 only" if search == "torch" else "")))
     if backend_name != "triton":
         return _made(Decision("kernels", backend_name, f"the {backend_name} backend's own"))
     if not triton_step_takes(dtype):
@@ -349,8 +368,10 @@ def decide_neighbors(
 # beat it at every size measured, in 1-3 D.
 ROW_SUMS_TORCH_MIN_WINDOW = 400
 ROW_SUMS_TORCH_MAX_FEATURES = 2
-ROW_SUMS_COMPILED_MAX_FEATURES = 3
-# Cells per bandwidth across the rows: torch 2-D takes 16 from this window on, else 8.
+# Cells per bandwidth across the rows, by dimension, where no rule below applies
+# (powers of two: cell bounds are exact).
+ROW_CELLS = {1: 1, 2: 8, 3: 4}
+# Torch 2-D takes 16 from this window on, else 8.
 ROW_CELLS_TORCH_16_FROM = 1500
 # Compiled: (windows below this, cells per bandwidth), by dimension.
 ROW_CELLS_COMPILED = {
@@ -376,8 +397,6 @@ def row_cells(n_features: int, window: float, compiled: bool = False) -> int:
     (~ m in 2-D, ~ m**2 in 3-D); the compiled band test is vectorised, so a
     wide band costs it little and few rows pay.
     """
-    from ._neighbors.rowsum import ROW_CELLS
-
     if n_features == 1:
         return 1
     if compiled:
@@ -431,7 +450,7 @@ def decide_grid_step(
         return _made(Decision("step", "grid: cells of one reach, batched block-sparse step",
                               "row sums turned off", automatic=False, choice=GridStep(False)))
     if asked_rows == "auto":
-        most = ROW_SUMS_COMPILED_MAX_FEATURES if compiled else ROW_SUMS_TORCH_MAX_FEATURES
+        most = ROWSUM_MAX_FEATURES if compiled else ROW_SUMS_TORCH_MAX_FEATURES
         if not possible or n_features > most:
             what = f"{kernel} kernel, {n_features} features"
             return _made(Decision("step", f"grid: cells of one reach, batched block-sparse step ({what})",
@@ -452,6 +471,29 @@ def decide_grid_step(
           f"about {window():.0f} points per window; compiled: {compiled_why}"
     return _made(Decision("step", value, why, automatic=asked_rows == "auto",
                           choice=GridStep(True, compiled, cells)))
+
+
+# faiss: "auto" takes the IVF index from this many points (the flat search grows as N^2).
+FAISS_IVF_FROM_POINTS = 200_000
+
+
+def decide_faiss_index(options: dict, n_points: int) -> Decision:
+    """The faiss index (``choice``: ``(kind, nlist, nprobe)``; nlist and nprobe None for "flat")."""
+    kind = options["index"]
+    why = "asked for"
+    if kind == "auto":
+        kind = "ivf" if n_points >= FAISS_IVF_FROM_POINTS else "flat"
+        why = f"auto: {n_points} points {'>=' if kind == 'ivf' else '<'} {FAISS_IVF_FROM_POINTS}"
+    if kind == "flat":
+        return _made(Decision("faiss_index", "flat", why, automatic=options["index"] == "auto",
+                              choice=("flat", None, None)))
+    nlist = int(options["nlist"] or max(16, int(4 * math.sqrt(n_points))))
+    nlist = min(nlist, max(1, n_points // 39))  # faiss wants >= 39 training points per cell
+    nprobe = min(nlist, int(options["nprobe"] or max(16, nlist // 4)))
+    why += f"; nlist {'given' if options['nlist'] else '4 sqrt(n), at most n / 39'}, " \
+           f"nprobe {'given' if options['nprobe'] else 'nlist / 4, at least 16'}"
+    return _made(Decision("faiss_index", f"ivf, {nlist} cells, {nprobe} probed", why,
+                          automatic=options["index"] == "auto", choice=("ivf", nlist, nprobe)))
 
 
 # ----------------------------------------------------------------------------- ascent
@@ -514,9 +556,15 @@ def decide_kernel_tile(op: str, n_features: int, kernel: str, device: torch.devi
     if INTERPRETED:
         return _made(Decision("kernel_tile", "interpreter tile", "TRITON_INTERPRET=1: a small tile for tests"))
     tile = pick_tile(op, n_features, kernel, device, dtype)
+    why = f"the committed tile table for {op}, {n_features} features, {kernel}, {str(dtype).removeprefix('torch.')}"
+    if os.environ.get("MEANSHIFT_GPU_AUTOTUNE"):
+        why = "MEANSHIFT_GPU_AUTOTUNE is set: the kernel autotunes its tile"
+    variant = os.environ.get("MEANSHIFT_GPU_ASCENT_VARIANT")
+    if op == "ascent" and variant == "mma" and dtype == torch.float32:
+        tile = type(tile)(max(16, tile.rows), max(16, tile.cols), tile.num_warps, tile.num_stages)
+        why += "; MEANSHIFT_GPU_ASCENT_VARIANT=mma: tensor-core tiles of at least 16 x 16"
     value = f"{tile.rows} x {tile.cols}, {tile.num_warps} warps, {tile.num_stages} stages"
-    return _made(Decision("kernel_tile", value, f"the committed tile table for {op}, {n_features} features, "
-                                                 f"{kernel}, {str(dtype).removeprefix('torch.')}", choice=tile))
+    return _made(Decision("kernel_tile", value, why, choice=tile))
 
 
 # ----------------------------------------------------------------------------- tiles
@@ -577,6 +625,12 @@ def _hash_grid_unavailable(device: torch.device, n_features: int) -> str | None:
     return compiled_unavailable(device)
 
 
+def hash_grid_too_wide(name: str) -> Decision:
+    """Record that ``name`` ("merge" or "labels") left the hash grid: the coordinates need cells beyond int64."""
+    value = "blockwise" if name == "merge" else "nearest-center search"
+    return _made(Decision(name, value, "the hash grid would need cells beyond int64 keys", choice=False))
+
+
 def decide_merge(n_candidates: int, n_features: int, device: torch.device, grid: bool | str = "auto") -> Decision:
     """Merge the modes on the compiled hash grid (``choice`` True) or blockwise; same result."""
     if grid is False:
@@ -602,12 +656,22 @@ def decide_labels(n_centers: int, n_features: int, device: torch.device, force: 
 
 
 # ----------------------------------------------------------------------------- threads
-def decide_threads(device: torch.device) -> Decision:
-    """CPU threads that take pieces of each step (None off the CPU)."""
+def decide_threads(device: torch.device, how: str = "pieces") -> Decision:
+    """CPU threads of the ascent (None off the CPU).
+
+    ``how``: "pieces" (the engine's threads take pieces of each step, torch
+    on one thread), "compiled" (the C loop spreads its own work over at most
+    that many), or "torch" (torch's own threads, e.g. blurring).
+    """
     if device.type != "cpu":
         return _made(Decision("threads", None, f"the work runs on {device.type}"))
     from ._engine.threads import usable_threads
 
     n = usable_threads()
-    return _made(Decision("threads", n, "torch's thread setting, capped by the cores this process may use; "
-                                        "torch itself runs on one thread during the ascent"))
+    cap = "torch's thread setting, capped by the cores this process may use"
+    why = {
+        "pieces": f"{cap}; each takes pieces of every step, torch itself on one thread",
+        "compiled": f"{cap}; the compiled loop spreads its work over at most that many",
+        "torch": f"{cap}; torch's own threads split each operation",
+    }[how]
+    return _made(Decision("threads", n, why))

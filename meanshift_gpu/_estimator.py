@@ -22,12 +22,15 @@ from ._decisions import (
     DecisionLog, decide_ascent, decide_device, decide_kernel_tile, decide_dtype, decide_neighbors, decide_step_kernels,
     decide_threads, paused, record, recording,
 )
-from ._neighbors import NEIGHBOR_METHODS, build_neighbor_method, check_neighbor_options, kernel_reach
-from ._neighbors.grid import GridIndex
+from ._neighbors import (
+    NEIGHBOR_METHODS, build_neighbor_method, check_neighbor_options, choose_neighbors, host_loop_method, kernel_reach,
+)
 from ._reference import KERNELS, flat_edge, using_flat_edge
 from ._seeding import bin_seeds
-from ._spec import FitSpec, bandwidth_scale, engine_config, flat_edge_of, median_offset, resolve_bandwidth
-from ._engine.threads import ascent_threads, split_across_threads, usable_threads
+from ._spec import (
+    FitSpec, bandwidth_scale, engine_config, flat_edge_of, median_offset, resolve_bandwidth, short_bandwidth,
+)
+from ._engine.threads import ascent_threads, split_across_threads
 from ._validation import (
     as_tensor,
     check_nested_sequence,
@@ -181,17 +184,22 @@ class MeanShift(ClusterMixin, BaseEstimator):
     neighbors_ : str
         The neighbour method actually used ("auto" resolved).
     fit_info_ : dict
-        What ran, with the reason where a choice was automatic: ``device``,
-        ``dtype`` (the compute dtype: the input's float dtype, so float64
-        data are computed in float64 on the GPU too), ``backend``,
-        ``neighbors`` and ``ascent`` (``"fused (...)"``: the device-resident
-        Triton loop; ``"host loop (why)"`` otherwise), ``step`` (in the
-        host loop: what each step runs, e.g. row prefix sums in compiled C;
-        None for the fused and blurring ascents), ``flat_edge`` (the
-        flat window's edge on squared scaled distances: 1 plus the rounding
-        of the centring and scaling, so that points exactly one bandwidth
-        away are inside, as in scikit-learn) and ``threads`` (on the CPU:
-        the threads that take pieces of each step; None elsewhere).
+        Every choice the fit made on its own (all made in
+        :mod:`meanshift_gpu._decisions`), by name, and under ``"reasons"``
+        why each was made; ``verbose=True`` prints the same.  Keys:
+        ``device``; ``dtype`` (the compute dtype: the input's float dtype, so
+        float64 data are computed in float64 on the GPU too); ``bandwidth``;
+        ``backend``; ``tiles`` (seeds x points per tile); ``neighbors``;
+        ``kernels`` (what runs the steps: Triton, or torch where Triton
+        cannot); ``ascent`` (``"fused (...)"``: the device-resident Triton
+        loop, with ``kernel_tile``; ``"host loop"`` otherwise); ``step``
+        (in the host loop: what each step runs, e.g. row prefix sums in
+        compiled C; None for the fused ascent); ``merge`` and ``labels``
+        (hash grid in C or the blockwise search); ``threads`` (on the CPU;
+        None elsewhere) and ``flat_edge`` (the flat window's edge on squared
+        scaled distances: 1 plus the rounding of the centring and scaling, so
+        that points exactly one bandwidth away are inside, as in
+        scikit-learn).  A choice that does not apply to the fit is None.
     n_features_in_ : int
         Number of features seen during fit.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -365,7 +373,7 @@ class MeanShift(ClusterMixin, BaseEstimator):
         scale = torch.as_tensor(self._scale, device=device, dtype=dtype)
         offset = torch.as_tensor(self._offset, device=device, dtype=dtype)
         centers = (as_tensor(self.cluster_centers_, device, dtype) - offset) / scale
-        config = _config(self, device, dtype)
+        config = engine_config(FitSpec.from_estimator(self), device, dtype)
         labels = _engine.assign_labels((points - offset) / scale, centers, config, True)
         return labels.cpu().numpy().astype(np.int64, copy=False)
 
@@ -389,11 +397,6 @@ class MeanShift(ClusterMixin, BaseEstimator):
         return self.fit(X, sample_weight=sample_weight).labels_
 
 
-def _config(est: MeanShift, device: torch.device, dtype: torch.dtype) -> _engine.EngineConfig:
-    """The engine's settings from ``est``'s parameters (for ``predict``, which has no spec at hand)."""
-    return engine_config(FitSpec.from_estimator(est), device, dtype)
-
-
 def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
     n_samples, n_features = data.shape
     dtype = data.dtype
@@ -405,7 +408,7 @@ def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
     if not np.all(np.isfinite(np.asarray(values, dtype=np.float64))):
         # An estimate from data whose spread overflows the float range.
         raise ValueError(
-            f"the bandwidth estimated from X is not finite ({_short(values)}): the "
+            f"the bandwidth estimated from X is not finite ({short_bandwidth(values)}): the "
             f"data's distances overflow {_dtype_name(data.dtype)} (largest |X| = "
             f"{float(data.abs().max()):.3g}); rescale X (e.g. divide it by its largest value) or pass a bandwidth"
         )
@@ -442,7 +445,7 @@ def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
     scaled = (data - offset) / scale
     if not bool(torch.isfinite(scaled).all()):
         raise ValueError(
-            f"X divided by bandwidth={_short(bandwidth)} overflows "
+            f"X divided by bandwidth={short_bandwidth(bandwidth)} overflows "
             f"{_dtype_name(data.dtype)} (largest |X| = {float(data.abs().max()):.3g}); "
             "rescale X or use a larger bandwidth"
         )
@@ -461,7 +464,6 @@ def _fit_scaled(est, config, data, scaled, weights, seeds, offset, scale, bandwi
     reach = kernel_reach(est.kernel, options)
     record("flat_edge", flat_edge(), "the flat window's edge on squared scaled distances: 1 plus the rounding "
            "of the centring and scaling, so points one bandwidth away are inside, as in scikit-learn")
-    decide_threads(device)
     if est.algorithm == "blurring":
         method = decide_neighbors(
             est.neighbors, n_seeds=n_samples, n_points=n_samples, n_features=n_features, device=device,
@@ -469,6 +471,7 @@ def _fit_scaled(est, config, data, scaled, weights, seeds, offset, scale, bandwi
         ).value
         decide_step_kernels(config.backend.name, data.dtype, est.kernel, method)
         decide_ascent(config.backend.name, method, options, n_features, blurring=True)
+        decide_threads(device, "torch")
 
         def rebuild_method(points):
             # The data move every iteration, so the index is rebuilt on them.
@@ -479,7 +482,10 @@ def _fit_scaled(est, config, data, scaled, weights, seeds, offset, scale, bandwi
 
         make_step = None if method == "dense" else rebuild_method
         ascent = _engine.blur(scaled, weights, config, make_step)
-        record("step", f"{method}, rebuilt on the moved data every iteration", "blurring moves the data")
+        if method == "dense":
+            record("step", "dense: every point against every point", "blurring with neighbors='dense'")
+        else:
+            record("step", f"{method}: the index rebuilt on the moved data every iteration", "blurring moves the data")
         modes_at = ascent.positions
         if weights is not None:
             # Zero-weight points move along but, as in the standard algorithm,
@@ -493,28 +499,15 @@ def _fit_scaled(est, config, data, scaled, weights, seeds, offset, scale, bandwi
             seeds_scaled = scaled if weights is None else scaled[weights > 0]
         else:
             seeds_scaled = (seeds - offset) / scale
-        grid = None
-
-        def lazy_grid():
-            nonlocal grid
-            if grid is None:
-                grid = GridIndex(scaled, reach, weights)
-            return grid
-
-        method = decide_neighbors(
-            est.neighbors, n_seeds=seeds_scaled.shape[0], n_points=n_samples, n_features=n_features,
-            device=device, kernel=est.kernel, compiled=options["compiled"], grid=lazy_grid,
+        method, grid = choose_neighbors(
+            est.neighbors, scaled, weights, n_seeds=seeds_scaled.shape[0], kernel=est.kernel, options=options,
             per_point_bandwidths=point_bandwidths is not None,
-        ).value
-        decide_step_kernels(config.backend.name, data.dtype, est.kernel, method)
+        )
         ascent = _fused_ascent(config, method, options, seeds_scaled, scaled, weights, reach, point_bandwidths)
         if ascent is None:
-            neighbors = build_neighbor_method(
-                method, scaled, weights, kernel=est.kernel, options=options,
-                dense_step=config.backend.step, blocked_step=config.backend.blocked_step, grid=grid,
-            )
-            if method != "grid":  # the grid's step is decided while it is built
-                record("step", neighbors.detail, f"neighbors={method!r} has one step")
+            neighbors = host_loop_method(method, scaled, weights, kernel=est.kernel, options=options,
+                                         backend=config.backend, grid=grid)
+            decide_threads(device, "compiled" if neighbors.threaded else "pieces")
             with ascent_threads(device) as threads:
                 step = neighbors.step if neighbors.threaded else split_across_threads(neighbors.step, threads)
                 ascent = _engine.ascend_seeds(seeds_scaled, scaled, weights, config, step)
@@ -522,7 +515,7 @@ def _fit_scaled(est, config, data, scaled, weights, seeds, offset, scale, bandwi
     centers = _engine.merge_modes(ascent.positions, ascent.log_density)
     if centers.shape[0] == 0:
         raise ValueError(
-            f"No point was within bandwidth={_short(bandwidth)} of any seed. Try a "
+            f"No point was within bandwidth={short_bandwidth(bandwidth)} of any seed. Try a "
             "different seeding strategy or increase the bandwidth."
         )
     labels = _engine.assign_labels(modes_at, centers, config, est.cluster_all)
@@ -548,7 +541,6 @@ def _fused_ascent(config, method, options, seeds, data, weights, reach, point_ba
                          per_point_bandwidths=point_bandwidths is not None)
     if plan.value == "host loop":
         return None
-    decide_kernel_tile("ascent", data.shape[1], config.kernel, data.device, data.dtype)
     ranges = None
     if method == "grid":
         from .kernels import _ascent_module
@@ -559,6 +551,9 @@ def _fused_ascent(config, method, options, seeds, data, weights, reach, point_ba
             return None
         record("ascent", f"fused (ranges over {ranges.n_cells} cells of {ranges.cell_side:.4g} bandwidths)",
                plan.reason)
+    decide_kernel_tile("ascent", data.shape[1], config.kernel, data.device, data.dtype)
+    decide_step_kernels(config.backend.name, data.dtype, config.kernel, method, fused=True)
+    decide_threads(data.device, "torch")
     record("step", None, "the fused ascent is its own step")
     return _engine.ascend_fused(seeds, data, weights, config, ranges)
 
@@ -567,20 +562,17 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _short(bandwidth) -> str:
-    """A bandwidth (scalar or per feature) in 3 significant digits, tiny and huge ones too."""
-    values = np.atleast_1d(np.asarray(bandwidth, dtype=np.float64))
-    shown = ", ".join(f"{v:.3g}" for v in values[:6]) + (", ..." if values.size > 6 else "")
-    return shown if values.size == 1 else f"[{shown}]"
-
-
 def _fit_zero_bandwidth(est, data, weights, seeds, bandwidth, scale, config) -> _FitResult:
     """Bandwidth 0 (an estimate on heavily duplicated data): modes are the points.
 
     Every kernel shrinks to "the identical points", so each distinct point
     that is also a seed is a mode, weighted by its multiplicity.
     """
-    record("ascent", "none", "bandwidth 0: every distinct point is its own mode")
+    why = "bandwidth 0: every distinct point is its own mode"
+    for name in ("neighbors", "step", "ascent"):
+        record(name, None, why)
+    record("merge", "exact duplicates", why)
+    record("labels", "exact matches, else the nearest mode", why)
     unique, inverse = torch.unique(data, dim=0, return_inverse=True)
     w = torch.ones(data.shape[0], dtype=data.dtype, device=data.device) if weights is None else weights
     multiplicity = torch.zeros(unique.shape[0], dtype=data.dtype, device=data.device)

@@ -18,7 +18,7 @@ import torch
 
 from ._bandwidth.estimate import estimate_bandwidth, feature_bandwidths
 from ._bandwidth.rules import RULE_NAMES, effective_sample_size, resolve_rule, unknown_rule_message
-from ._decisions import auto_blocks
+from ._decisions import auto_blocks, record
 from ._engine import ascent as _engine
 from ._engine.backends import resolve_backend
 from ._neighbors import check_neighbor_options
@@ -32,6 +32,7 @@ __all__ = [
     "flat_edge_of",
     "median_offset",
     "resolve_bandwidth",
+    "short_bandwidth",
 ]
 
 # Rules whose bandwidth shrinks with the (effective) number of points as
@@ -200,11 +201,21 @@ def resolve_bandwidth(spec: FitSpec, X, data: torch.Tensor, weights, *, full_eff
         from scikit-learn's estimate on heavily duplicated data.
     """
     requested = spec.bandwidth
+    value, why = _bandwidth_and_reason(spec, X, data, weights, full_effective_size)
+    shown = value.values() if hasattr(value, "values") else value  # PointBandwidths: their values
+    record("bandwidth", short_bandwidth(shown), why, automatic=requested is None or isinstance(requested, str),
+           through_pause=True)
+    return value
+
+
+def _bandwidth_and_reason(spec: FitSpec, X, data, weights, full_effective_size):
+    requested = spec.bandwidth
     n_features = data.shape[1]
     if requested is None or (isinstance(requested, str) and requested == "sklearn"):
-        return float(
+        value = float(
             estimate_bandwidth(X, quantile=spec.bandwidth_quantile, device=spec.device, backend=spec.backend)
         )
+        return value, f"scikit-learn's estimate_bandwidth, quantile {spec.bandwidth_quantile:g}"
     if isinstance(requested, str):
         if requested not in RULE_NAMES:
             raise ValueError(unknown_rule_message(requested))
@@ -216,14 +227,23 @@ def resolve_bandwidth(spec: FitSpec, X, data: torch.Tensor, weights, *, full_eff
             backend=resolve_backend(spec.backend, data.device),
             quantile=spec.bandwidth_quantile,
         )
+        why = f"rule {requested!r}"
         if requested in _SAMPLE_SIZE_RULES and full_effective_size is not None:
             sample_size = effective_sample_size(data.shape[0], weights)
             if sample_size < full_effective_size:
                 value = value * (sample_size / full_effective_size) ** (1.0 / (n_features + 4))
-        return value
+                why += f" on a sample, rescaled from {sample_size:.4g} to {full_effective_size:.4g} effective points"
+        return value, why
     if isinstance(requested, dict):
-        return feature_bandwidths(requested, n_features)
-    return check_bandwidth_value(requested, n_features)
+        return feature_bandwidths(requested, n_features), "per feature group, asked for"
+    return check_bandwidth_value(requested, n_features), "asked for"
+
+
+def short_bandwidth(bandwidth) -> str:
+    """A bandwidth (scalar or per feature) in 3 significant digits, tiny and huge ones too."""
+    values = np.atleast_1d(np.asarray(bandwidth, dtype=np.float64))
+    shown = ", ".join(f"{v:.3g}" for v in values[:6]) + (", ..." if values.size > 6 else "")
+    return shown if values.size == 1 else f"[{shown}]"
 
 
 def median_offset(data: torch.Tensor) -> torch.Tensor:

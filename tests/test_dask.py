@@ -21,6 +21,7 @@ dask = pytest.importorskip("dask")
 da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
 
+import torch  # noqa: E402
 from sklearn.datasets import make_blobs  # noqa: E402
 
 import meanshift_gpu  # noqa: E402
@@ -106,6 +107,12 @@ def test_same_clustering_as_single_machine(client, assert_same_clustering, case)
     assert stats["n_partitions"] >= 2, stats
     assert sum(stats["core_sizes"]) == X.shape[0]
     assert model.cluster_centers_.dtype == (np.float32 if X.dtype == np.float32 else np.float64)
+    # What the workers and the driver chose, with reasons, as on a single machine.
+    info = model.fit_info_
+    for name in ("device", "backend", "neighbors", "step", "tiles", "partitions", "flat_edge", "merge"):
+        assert name in info and info["reasons"][name], name
+    assert info["partitions"] == stats["n_partitions"]
+    assert set(info["neighbors"].split(" | ")) == set(model.neighbors_.split(","))
 
 
 def test_straddling_cluster_migrates_seeds_and_matches(client, assert_same_clustering):
@@ -320,3 +327,11 @@ def test_exact_boundaries_like_scikit_learn(client, assert_same_clustering):
     theirs = SkMeanShift(bandwidth=5.0).fit(X)
     assert_same_clustering(theirs.cluster_centers_, theirs.labels_, model.cluster_centers_, model.labels_,
                            atol=1e-9, rtol=1e-9)
+
+
+def test_torch_half_input_computes_as_on_one_machine(client):
+    # A float16 tensor computes in float32 on one machine; the Dask fit must not widen it to float64.
+    X = torch.as_tensor(make_blobs(400, n_features=2, centers=3, random_state=0)[0]).to(torch.float16)
+    model = _fit(client, X, bandwidth=2.0, n_partitions=2)
+    assert model.fit_info_["dtype"] == "float32"
+    assert model.cluster_centers_.dtype == np.float32

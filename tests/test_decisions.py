@@ -177,6 +177,36 @@ def test_zero_bandwidth_fit_records_its_shortcut():
     X = np.zeros((20, 2))
     X[10:] = 5.0
     model = MeanShift(device="cpu").fit(X)  # sklearn's estimate on duplicated points is 0
-    assert model.fit_info_["ascent"] == "none"
+    assert model.fit_info_["ascent"] is None and model.fit_info_["neighbors"] is None
     assert "bandwidth 0" in model.fit_info_["reasons"]["ascent"]
 
+
+
+@pytest.mark.parametrize("bandwidth, automatic, why", [
+    (None, True, "scikit-learn's estimate_bandwidth, quantile 0.3"),
+    ("scott", True, "rule 'scott'"),
+    (1.5, False, "asked for"),
+    ({0: 1.0, 1: 2.0}, False, "per feature group, asked for"),
+])
+def test_bandwidth_decision(bandwidth, automatic, why):
+    info = MeanShift(bandwidth=bandwidth, device="cpu").fit(_blobs(300)).fit_info_
+    assert info["reasons"]["bandwidth"] == why
+    if bandwidth == 1.5:
+        assert info["bandwidth"] == "1.5"
+
+
+def test_auto_rule_fallback_is_recorded_through_the_pause():
+    X = np.zeros((50, 2))
+    X[25:] = 1.0  # two points repeated: no stable range of bandwidths
+    info = MeanShift(bandwidth="auto", device="cpu").fit(X).fit_info_
+    if "bandwidth_rule" in info:  # the stability path may still find a range here
+        assert info["bandwidth_rule"] == "knn" and "k-th neighbour" in info["reasons"]["bandwidth_rule"]
+    with recording(DecisionLog()) as log, _decisions.paused():
+        _decisions.record("bandwidth_rule", "knn", "test", through_pause=True)
+        _decisions.record("merge", "blockwise", "an inner fit's")
+    assert log.values() == {"bandwidth_rule": "knn"}
+
+
+def test_the_fused_ascent_records_its_own_kernels_and_tile():
+    decision = _decisions.decide_step_kernels("triton", torch.float64, "gaussian", "grid", fused=True)
+    assert decision.value.startswith("triton fused ascent") and "search in torch" in decision.value

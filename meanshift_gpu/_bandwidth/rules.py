@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._decisions import auto_blocks
+from .._decisions import auto_blocks, record
 from .._engine import ascent as _engine
 from .adaptive import PointBandwidths, adaptive_backend, pilot_k, relative_bandwidths
 from .._engine.backends import Backend
@@ -428,6 +428,8 @@ def auto_bandwidth(
     path = bandwidth_path(data, weights, kernel, backend, relative=relative)
     if math.isfinite(path.bandwidth) and path.bandwidth > 0:
         return path.bandwidth
+    record("bandwidth_rule", "knn", "'auto' found no positive finite bandwidth on these (degenerate) data, "
+           "so the k-th neighbour rule gives it", through_pause=True)
     blocks = auto_blocks(data.device, "auto", data.dtype)
     return knn_bandwidth(data, quantile, backend, blocks)
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .backends import Backend, Blocks
-from .._decisions import decide_labels, decide_merge
+from .._decisions import decide_labels, decide_merge, hash_grid_too_wide, record
 from .._reference import flat_edge, squared_distances
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -49,6 +49,7 @@ def call_shrinking_on_oom(fn: Callable, config: "EngineConfig", *args):
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             config.log(f"out of memory: retrying with tiles of {blocks.seeds} x {blocks.points}")
+            record("tiles", f"{blocks.seeds} seeds x {blocks.points} points", "out of memory: tiles halved")
             config = replace(config, blocks=blocks)
 
 
@@ -436,6 +437,7 @@ def _merge_on_grid(candidates: torch.Tensor, grid: bool | str) -> torch.Tensor |
     from .._neighbors.compiled import MERGE_CELL_SIDE, keep_separated_modes
 
     if float(candidates.abs().max()) / MERGE_CELL_SIDE >= 2.0**60:  # cells beyond int64
+        hash_grid_too_wide("merge")
         return None
     return torch.from_numpy(keep_separated_modes(candidates.contiguous().numpy(), flat_edge()))
 
@@ -460,6 +462,7 @@ def _nearest_on_grid(points: torch.Tensor, centers: torch.Tensor, force: bool = 
     extent = (centers.amax(0) - centers.amin(0)).double().clamp_min(1.0)
     side = max(1.0, float(extent.prod() / n_centers) ** (1.0 / d))
     if max(float(points.abs().max()), float(centers.abs().max())) / side >= 2.0**60:  # cells beyond int64
+        hash_grid_too_wide("labels")
         return None
     index, dist2 = nearest_on_grid(points.contiguous().numpy(), centers.contiguous().numpy(), side,
                                    _LABEL_GRID_MAX_RING)

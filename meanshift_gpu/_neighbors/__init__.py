@@ -39,13 +39,16 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .._decisions import GRID_MAX_FEATURES, decide_grid_step, record
+from .._decisions import (
+    CPU_TILE_ELEMENTS, GRID_MAX_FEATURES, decide_grid_step, decide_neighbors, decide_step_kernels, record,
+)
 from .._engine.backends import Blocks
 from .._reference import flat_edge
 from .base import NeighborMethod
+from .blocked import DEFAULT_MAX_PAIRS
 from .candidates import CandidateListNeighbors
 from .dense import DenseNeighbors
-from .faiss_range import FaissNeighbors, faiss_unavailable
+from .faiss_range import FaissNeighbors, faiss_unavailable  # noqa: F401  (re-exported)
 from .grid import GridIndex, GridNeighbors
 from .lsh import LSHNeighbors
 from .rowsum import RowSumIndex, RowSumNeighbors
@@ -62,7 +65,7 @@ DEFAULT_OPTIONS = {
     "index": "auto",  # faiss: "flat", "ivf" or "auto"
     "nlist": None,  # faiss IVF cells (None: 4 * sqrt(n))
     "nprobe": None,  # faiss IVF cells probed (None: nlist // 4, at least 16)
-    "max_pairs": 1 << 22,  # seed-point pairs held at once by the candidate step
+    "max_pairs": DEFAULT_MAX_PAIRS,  # seed-point pairs held at once by the candidate step
     "row_sums": "auto",  # grid, flat kernel, d <= 3: prefix sums over rows of fine cells
     "compiled": "auto",  # row sums on the CPU as a compiled loop (C extension) instead of torch
     "cells_per_reach": "auto",  # grid on the fused Triton ascent: cells per reach (2 in 1-3 D, else 1)
@@ -70,8 +73,6 @@ DEFAULT_OPTIONS = {
 
 # Candidate indices the batched grid step holds at once (before out-of-memory shrinks it).
 _GRID_MAX_INDICES = 1 << 24
-# Smallest starting tile (CPU: 256 seeds x 4096 points); see pair_budget.
-_TILE_ELEMENTS_AT_START = 1 << 20
 
 
 def _is_integer(value) -> bool:
@@ -154,12 +155,12 @@ def grid_fraction(index: GridIndex) -> float:
 def pair_budget(cap: int, blocks: Blocks) -> int:
     """Pairs a pruned step may hold at once: ``cap``, less once out-of-memory has shrunk the tiles.
 
-    The dense tiles start at ``_TILE_ELEMENTS_AT_START`` elements or more;
+    The dense tiles start at ``CPU_TILE_ELEMENTS`` elements or more (the smallest start, on the CPU);
     every halving of them (see :func:`meanshift_gpu._engine.ascent.call_shrinking_on_oom`)
     halves this budget too, so a pruned step that ran out of memory retries
     smaller instead of failing the same way again.
     """
-    shrink = min(1.0, blocks.seeds * blocks.points / _TILE_ELEMENTS_AT_START)
+    shrink = min(1.0, blocks.seeds * blocks.points / CPU_TILE_ELEMENTS)
     return max(1024, int(int(cap) * shrink))
 
 
@@ -172,6 +173,55 @@ def mean_window(index: GridIndex) -> float:
     d = index.n_features
     ball = math.pi ** (d / 2) / math.gamma(d / 2 + 1)
     return grid_fraction(index) * index.points.shape[0] * ball / 3**d
+
+
+def choose_neighbors(
+    requested: str,
+    data: torch.Tensor,
+    weights: torch.Tensor | None,
+    *,
+    n_seeds: int,
+    kernel: str,
+    options: dict,
+    per_point_bandwidths: bool = False,
+) -> tuple[str, GridIndex | None]:
+    """The decided neighbour method for ``n_seeds`` seeds over ``data``, and the grid index if deciding built it.
+
+    The size table (:func:`meanshift_gpu._decisions.decide_neighbors`) builds
+    the grid only when it must look at it; the index is then handed on to
+    :func:`host_loop_method` rather than built twice.
+    """
+    grid = None
+
+    def lazy_grid() -> GridIndex:
+        nonlocal grid
+        if grid is None:
+            grid = GridIndex(data, kernel_reach(kernel, options), weights)
+        return grid
+
+    method = decide_neighbors(
+        requested, n_seeds=n_seeds, n_points=data.shape[0], n_features=data.shape[1], device=data.device,
+        kernel=kernel, compiled=options["compiled"], grid=lazy_grid, per_point_bandwidths=per_point_bandwidths,
+    ).value
+    return method, grid
+
+
+def host_loop_method(
+    method: str, data: torch.Tensor, weights: torch.Tensor | None, *, kernel: str, options: dict, backend,
+    grid: GridIndex | None = None,
+) -> NeighborMethod:
+    """The neighbour method the host loop steps with: which kernels run it, the method built, its step recorded.
+
+    Shared by :class:`meanshift_gpu.MeanShift` and the Dask workers.
+    """
+    decide_step_kernels(backend.name, data.dtype, kernel, method)
+    neighbors = build_neighbor_method(
+        method, data, weights, kernel=kernel, options=options,
+        dense_step=backend.step, blocked_step=backend.blocked_step, grid=grid,
+    )
+    if method != "grid":  # the grid's step is decided while it is built
+        record("step", neighbors.detail, f"neighbors={method!r} has one step")
+    return neighbors
 
 
 def build_neighbor_method(

@@ -7,15 +7,12 @@ radius, and the step then tests the exact distances.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
+from .._decisions import decide_faiss_index
 from .candidates import CandidateListNeighbors
 
-# "auto" takes the IVF index from this many points (the flat search grows as N^2).
-IVF_FROM_POINTS = 200_000
 # The float32 search radius is this much wider than the reach; the step's exact test trims it.
 _FLOAT32_RADIUS_SLACK = 1e-5
 
@@ -37,20 +34,16 @@ class FaissIndex:
 
         n, d = data.shape
         self.radius2 = reach * reach * (1 + _FLOAT32_RADIUS_SLACK)
-        kind = options["index"]
-        if kind == "auto":
-            kind = "ivf" if n >= IVF_FROM_POINTS else "flat"
+        kind, nlist, nprobe = decide_faiss_index(options, n).choice
         x = np.ascontiguousarray(data.detach().cpu().numpy(), dtype=np.float32)
         if kind == "flat":
             index = faiss.IndexFlatL2(d)
         else:
-            nlist = int(options["nlist"] or max(16, int(4 * math.sqrt(n))))
-            nlist = min(nlist, max(1, n // 39))  # faiss wants >= 39 training points per cell
             quantizer = faiss.IndexFlatL2(d)
             index = faiss.IndexIVFFlat(quantizer, d, nlist)
             sample = x if n <= 256 * nlist else x[np.random.default_rng(0).choice(n, 256 * nlist, replace=False)]
             index.train(sample)
-            index.nprobe = min(nlist, int(options["nprobe"] or max(16, nlist // 4)))
+            index.nprobe = nprobe
         index.add(x)
         self.index = index
         self.kind = kind

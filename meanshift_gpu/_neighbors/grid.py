@@ -23,7 +23,7 @@ from .._reference import StepResult
 from .base import NeighborMethod
 
 # Keys are int64; keep the padded box well inside that range.
-_MAX_KEY_SPACE = 1 << 62
+MAX_KEY_SPACE = 1 << 62
 _TOO_LARGE = (
     "the data span too many bandwidths for 64-bit grid cell keys; use neighbors='dense' "
     "(or 'auto', which falls back to it)"
@@ -54,7 +54,7 @@ class GridIndex:
         extent = self.cell_max - self.cell_min + 5  # two padding cells each side
         # Python ints: the product must not wrap around as an int64 would.
         span = [hi - lo + 5 for lo, hi in zip(self.cell_min.tolist(), self.cell_max.tolist())]
-        if math.prod(span) >= _MAX_KEY_SPACE:
+        if math.prod(span) >= MAX_KEY_SPACE:
             raise OverflowError(_TOO_LARGE)
         self.origin = self.cell_min - 2
         strides = torch.ones_like(extent)

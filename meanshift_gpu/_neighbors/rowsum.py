@@ -50,20 +50,20 @@ import numpy as np
 import torch
 
 from .._reference import StepResult, flat_edge
+from .._decisions import ROW_CELLS
 from .base import NeighborMethod
+from .grid import MAX_KEY_SPACE
 
 __all__ = [
     "RowSumIndex", "RowSumNeighbors", "rowsum_step", "compiled_rowsum_step", "ROW_CELLS",
     "ROWSUM_MAX_FEATURES",
 ]
 
-# Cells per bandwidth across the rows, by dimension: more cells narrow the
-# tested band (~ 1/m of the ball) but add rows per seed (~ m**(d - 1)).
-ROW_CELLS = {1: 1, 2: 8, 3: 4}  # powers of two: cell bounds are exact
+# Row sums take 1 to this many features (the default cells per bandwidth,
+# ROW_CELLS, and the rule that picks them live in meanshift_gpu._decisions).
 ROWSUM_MAX_FEATURES = 3
 # Squared-distance margin between the summed interior and the ball's edge.
 _INTERIOR_MARGIN = 1e-5
-_MAX_KEY_SPACE = 1 << 62
 _TOO_WIDE = (
     "the data span too many bandwidths for the row sums' 64-bit keys and sums; "
     "use neighbor_options={'row_sums': False}"
@@ -114,7 +114,7 @@ class RowSumIndex:
             lo = hi = torch.zeros(d - 1, dtype=torch.long, device=device)
         self.origin = lo - reach
         extent = hi - lo + 2 * reach + 1
-        if math.prod(int(e) for e in extent.tolist()) >= _MAX_KEY_SPACE:
+        if math.prod(int(e) for e in extent.tolist()) >= MAX_KEY_SPACE:
             raise OverflowError(_TOO_WIDE)
         self.cell_lo, self.cell_hi = lo - reach + 1, hi + reach - 1
         strides = torch.ones(d - 1, dtype=torch.long, device=device)

@@ -38,11 +38,12 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from . import engine as eng
 from .._engine import ascent as _engine
 from .._bandwidth.rules import effective_sample_size
+from .._decisions import DecisionLog, decide_dtype, paused, record, recording
 from .._estimator import MeanShift as _SingleMachineMeanShift
 from .._neighbors import kernel_reach
 from .._reference import using_flat_edge
 from .._spec import FitSpec, bandwidth_scale, flat_edge_of, median_offset, resolve_bandwidth
-from .._validation import as_tensor, check_points, compute_dtype, resolve_device
+from .._validation import as_tensor, check_points, resolve_device
 
 __all__ = ["MeanShift"]
 
@@ -226,9 +227,21 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
             raise ValueError(f"bandwidth_n_samples must be >= 1, got {self.bandwidth_n_samples!r}")
         # The single-machine estimator's settings, resolved by the same code.
         spec = FitSpec.from_estimator(self)
-        if _is_dask(X):
-            return self._fit_dask(client, spec, X, sample_weight)
-        return self._fit_memory(client, spec, X, sample_weight)
+        # The driver's decisions (bandwidth, partitions, merge) go in this log;
+        # each worker records its own, and fit_info_ combines them.
+        self._worker_decisions = []
+        with recording(DecisionLog()) as driver:
+            if _is_dask(X):
+                self._fit_dask(client, spec, X, sample_weight)
+            else:
+                self._fit_memory(client, spec, X, sample_weight)
+        self.fit_info_ = _combined_fit_info(driver, self._worker_decisions)
+        del self._worker_decisions
+        if self.verbose:
+            for name, value in self.fit_info_.items():
+                if name != "reasons":
+                    print(f"[meanshift_gpu] {name}: {value} ({self.fit_info_['reasons'][name]})", flush=True)
+        return self
 
     def _client(self):
         if self.client is not None:
@@ -243,10 +256,12 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
 
     # -------------------------------------------------------------- in-memory input
     def _fit_memory(self, client, spec, X, sample_weight):
+        # A torch tensor's dtype decides, as on one machine (float16 computes in float32).
+        input_dtype = X.dtype if isinstance(X, torch.Tensor) else getattr(X, "dtype", None)
         if isinstance(X, torch.Tensor):
             X = X.detach().cpu().numpy()
         X = self._validate_X(X, reset=True)
-        dtype = compute_dtype(X.dtype)
+        dtype = decide_dtype(X.dtype if input_dtype is None else input_dtype).choice
         data = torch.as_tensor(np.ascontiguousarray(X)).to(dtype)
         weights = None
         if sample_weight is not None:
@@ -327,7 +342,7 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
             if weights_da.ndim != 1 or weights_da.shape[0] != n:
                 raise ValueError(f"sample_weight.shape == {weights_da.shape}, expected ({n},)")
             weights_da = weights_da.astype(X.dtype).rechunk((X.chunks[0],))
-        dtype = compute_dtype(X.dtype)
+        dtype = decide_dtype(X.dtype).choice
         X = client.persist(X)
         checks = [X.min(0), X.max(0), da.isfinite(X).all()]
         if weights_da is not None:
@@ -407,11 +422,12 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
             weights = None if weights is None else weights[torch.as_tensor(idx)]
         # The rules run on the driver's device ("auto": its GPU, if any).
         device = resolve_device(spec.device, None)
-        value = resolve_bandwidth(
-            spec, X_sample, as_tensor(sample, device, sample.dtype),
-            None if weights is None else weights.to(device),
-            full_effective_size=n_eff_full,
-        )
+        with paused():  # a rule's own inner fits are not this fit's decisions
+            value = resolve_bandwidth(
+                spec, X_sample, as_tensor(sample, device, sample.dtype),
+                None if weights is None else weights.to(device),
+                full_effective_size=n_eff_full,
+            )
         if not np.all(np.asarray(value) > 0):
             raise ValueError(
                 "the estimated bandwidth is 0 (heavily duplicated data); pass a positive "
@@ -431,6 +447,9 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
         n_parts = self.n_partitions or len(_workers(client))
         u_sample = u_of(axis, scale[axis])
         bounds = eng.choose_bounds(u_sample, n_parts, 2 * halo)
+        asked = f"n_partitions={self.n_partitions}" if self.n_partitions else f"auto: one per worker ({n_parts})"
+        fewer = "" if len(bounds) + 1 == n_parts else "; fewer, since the data span too few bandwidths"
+        record("partitions", len(bounds) + 1, asked + fewer, automatic=not self.n_partitions)
         # The edge's rounding allowance from the points at hand (all of them, or the sample).
         scaled_points = (points - torch.as_tensor(offset).to(points.dtype)) / torch.as_tensor(scale).to(points.dtype)
         plan = eng.Plan(
@@ -496,6 +515,7 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
         results = []
         stats.ascent_seconds = [0.0] * P
         methods = set()
+        worker_decisions: list[dict] = []
         n_iter = 0
         r = 0
         while incoming:
@@ -520,6 +540,8 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
                 n_iter = max(n_iter, s["max_iter"])
                 if s["method"]:
                     methods.add(s["method"])
+                if s.get("decisions"):
+                    worker_decisions.append(s["decisions"])
                 for q, cnt in s["outgoing"].items():
                     incoming.setdefault(q, []).append(client.submit(
                         eng.outgoing_to, round_[s["p"]], q, key=f"meanshift-migrate-{token}-r{r}-{s['p']}to{q}"
@@ -547,7 +569,10 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
         intensity = torch.cat([torch.as_tensor(f[1]).reshape(-1) for f in finished]).to(dt)
         stats.n_candidates = int(positions.shape[0])
         with using_flat_edge(plan.flat_edge):
+            record("flat_edge", plan.flat_edge, "the flat window's edge on squared scaled distances, "
+                   "sent to every worker")
             centers = _engine.merge_modes(positions, intensity)
+        self._worker_decisions = worker_decisions
         if centers.shape[0] == 0:
             raise ValueError(
                 f"No point was within bandwidth={self.bandwidth_} of any seed. Try a different "
@@ -558,7 +583,7 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
         return centers.numpy(), stats
 
     def _initial_seeds(self, client, plan, chunks, wchunks, n_samples, token, data):
-        """``{p: [batch, ...]}`` of round 0 (see :func:`_dask_engine.ascend_partition`)."""
+        """``{p: [batch, ...]}`` of round 0 (see :func:`meanshift_gpu.dask.engine.ascend_partition`)."""
         P = plan.n_partitions
         dt = torch.float32 if plan.dtype == "float32" else torch.float64
         if self.seeds is not None:
@@ -645,6 +670,32 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
 
 
 # ----------------------------------------------------------------------------- helpers
+def _combined_fit_info(driver: DecisionLog, workers: list[dict]) -> dict:
+    """``fit_info_`` of a Dask fit: the driver's decisions, and each worker-made one with its distinct values.
+
+    Partitions decide for themselves (their sizes differ, so may their
+    neighbour method or step); a decision on which they differ shows all
+    their values, joined by " | ", and so do the reasons.
+    """
+    taken: dict[str, list] = {}  # name -> distinct (value, reason) pairs, in order
+    for worker in workers:
+        for name, value in worker.items():
+            if name != "reasons" and (value, worker["reasons"][name]) not in taken.setdefault(name, []):
+                taken[name].append((value, worker["reasons"][name]))
+    info, reasons = {}, {}
+    for name, pairs in taken.items():
+        values = list(dict.fromkeys(value for value, _ in pairs))
+        info[name] = values[0] if len(values) == 1 else " | ".join(map(str, values))
+        if len(values) == 1:
+            reasons[name] = " | ".join(dict.fromkeys(why for _, why in pairs))
+        else:
+            reasons[name] = " | ".join(f"{value}: {why}" for value, why in pairs)
+    info.update(driver.values())
+    reasons.update(driver.reasons())
+    info["reasons"] = reasons
+    return info
+
+
 def _lap(stats, stage: str, since: float) -> float:
     now = time.perf_counter()
     stats.stage_seconds[stage] = now - since

@@ -61,11 +61,9 @@ import torch
 
 from .._engine import ascent as _engine
 from .._reference import using_flat_edge
-from .._decisions import decide_neighbors
-from .._neighbors import build_neighbor_method, kernel_reach
-from .._neighbors.grid import GridIndex
+from .._decisions import DecisionLog, decide_device, recording
+from .._neighbors import choose_neighbors, host_loop_method
 from .._spec import FitSpec, engine_config
-from .._validation import resolve_device
 
 
 @dataclass(frozen=True)
@@ -106,7 +104,7 @@ def _torch_dtype(plan: Plan) -> torch.dtype:
 
 
 def _device(plan: Plan) -> torch.device:
-    return resolve_device(plan.spec.device)
+    return decide_device(plan.spec.device).choice
 
 
 def _scaled(block: np.ndarray, plan: Plan, device: torch.device) -> torch.Tensor:
@@ -314,8 +312,11 @@ def ascend_partition(part: dict, batches: list, plan: Plan) -> dict:
     weight (the default seeds).  Returns the finished seeds (deduplicated),
     the leaving seeds grouped by new owner, and counters.
     """
-    with using_flat_edge(plan.flat_edge):
-        return _ascend_partition(part, batches, plan)
+    with using_flat_edge(plan.flat_edge), recording(DecisionLog()) as decisions:
+        result = _ascend_partition(part, batches, plan)
+    # What this worker chose for its partition (fit_info_ on the driver combines them).
+    result["decisions"] = decisions.as_fit_info() if result["method"] else None
+    return result
 
 
 def _ascend_partition(part: dict, batches: list, plan: Plan) -> dict:
@@ -344,24 +345,11 @@ def _ascend_partition(part: dict, batches: list, plan: Plan) -> dict:
         spec = plan.spec
         config = _config(plan, device)
         options = spec.neighbor_options
-        reach = kernel_reach(spec.kernel, options)
-        grid: list = []
-
-        def lazy_grid():
-            if not grid:
-                grid.append(GridIndex(data, reach, weights))
-            return grid[0]
-
-        method = decide_neighbors(
-            spec.neighbors, n_seeds=positions.shape[0], n_points=data.shape[0],
-            n_features=d, device=device, grid=lazy_grid, kernel=spec.kernel,
-            compiled=options["compiled"],
-        ).value
-        pruner = build_neighbor_method(
-            method, data, weights, kernel=spec.kernel, options=options,
-            dense_step=config.backend.step, blocked_step=config.backend.blocked_step,
-            grid=grid[0] if grid else None,
+        method, grid = choose_neighbors(
+            spec.neighbors, data, weights, n_seeds=positions.shape[0], kernel=spec.kernel, options=options,
         )
+        pruner = host_loop_method(method, data, weights, kernel=spec.kernel, options=options,
+                                  backend=config.backend, grid=grid)
         positions, log_density, n_iter, leaving, n_steps = ascend_owned(
             positions, n_iter, pruner.step, config, plan.axis, plan.bounds, part["p"]
         )
@@ -409,6 +397,7 @@ def round_summary(result: dict) -> dict:
         "max_iter": result["max_iter"],
         "seconds": result["seconds"],
         "method": result["method"],
+        "decisions": result.get("decisions"),
     }
 
 

@@ -191,15 +191,22 @@ def check_sample_weight(sample_weight, n_samples: int, device, dtype) -> torch.T
         raise ValueError(
             f"sample_weight.shape == {tuple(w.shape)}, expected ({n_samples},)"
         )
-    if not bool(torch.isfinite(w).all()):
-        raise ValueError("sample_weight contains NaN or infinity")
-    if bool((w < 0).any()):
-        raise ValueError("Negative values in data passed to sample_weight; weights must be >= 0")
-    if not bool((w > 0).any()):
-        raise ValueError("sample_weight is all zero; at least one point needs a positive weight")
+    check_weight_summary(
+        finite=bool(torch.isfinite(w).all()), any_negative=bool((w < 0).any()), any_positive=bool((w > 0).any())
+    )
     if bool((w == 1).all()):
         return None
     return w.contiguous()
+
+
+def check_weight_summary(*, finite: bool, any_negative: bool, any_positive: bool) -> None:
+    """The sample-weight errors, from summaries of the weights (also computed lazily, on Dask arrays)."""
+    if not finite:
+        raise ValueError("sample_weight contains NaN or infinity")
+    if any_negative:
+        raise ValueError("Negative values in data passed to sample_weight; weights must be >= 0")
+    if not any_positive:
+        raise ValueError("sample_weight is all zero; at least one point needs a positive weight")
 
 
 def check_bandwidth_value(bandwidth, n_features: int) -> np.ndarray | float:

@@ -43,7 +43,7 @@ from .._estimator import MeanShift as _SingleMachineMeanShift
 from .._neighbors import kernel_reach
 from .._reference import using_flat_edge
 from .._spec import FitSpec, bandwidth_scale, flat_edge_of, median_offset, resolve_bandwidth
-from .._validation import as_tensor, check_points, resolve_device
+from .._validation import as_tensor, check_points, check_weight_summary, resolve_device
 
 __all__ = ["MeanShift"]
 
@@ -358,12 +358,7 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
             raise ValueError("Input X contains NaN or infinity.")
         if weights_da is not None:
             w_finite, w_negative, w_positive, w_ones, w_sum, w_sq = results[3:]
-            if not w_finite:
-                raise ValueError("sample_weight contains NaN or infinity")
-            if w_negative:
-                raise ValueError("Negative values in data passed to sample_weight; weights must be >= 0")
-            if not w_positive:
-                raise ValueError("sample_weight is all zero; at least one point needs a positive weight")
+            check_weight_summary(finite=bool(w_finite), any_negative=bool(w_negative), any_positive=bool(w_positive))
             if w_ones:
                 weights_da = None
         n_eff = float(n) if weights_da is None else float(w_sum) ** 2 / float(w_sq)

@@ -210,3 +210,21 @@ def test_auto_rule_fallback_is_recorded_through_the_pause():
 def test_the_fused_ascent_records_its_own_kernels_and_tile():
     decision = _decisions.decide_step_kernels("triton", torch.float64, "gaussian", "grid", fused=True)
     assert decision.value.startswith("triton fused ascent") and "search in torch" in decision.value
+
+
+def test_faiss_index_is_a_decision():
+    pytest.importorskip("faiss")
+    info = MeanShift(bandwidth=1.0, neighbors="faiss", device="cpu").fit(_blobs(300)).fit_info_
+    assert info["faiss_index"] == "flat" and info["reasons"]["faiss_index"].startswith("auto: 300 points <")
+    ivf = _decisions.decide_faiss_index({**DEFAULT_OPTIONS, "index": "ivf"}, 10_000)
+    kind, nlist, nprobe = ivf.choice
+    assert kind == "ivf" and 1 <= nprobe <= nlist and not ivf.automatic
+
+
+def test_fit_info_is_plain_data():
+    import json
+    import pickle
+
+    model = MeanShift(bandwidth=1.0, device="cpu").fit(_blobs(300))
+    json.dumps(model.fit_info_)
+    assert pickle.loads(pickle.dumps(model)).fit_info_ == model.fit_info_

@@ -101,11 +101,7 @@ class DetectorConfig:
     tile_mm : float or None
         Side of the spatial tiles; None fits the whole scan at once.  Tiles
         keep each fit small enough for the library's exact dense pass
-        (``neighbors="dense"``).  With ``min_bin_freq=1`` (8-15k clusters
-        per scan) the mean shift of an 83k-point 192 x 192 x 96 phantom took
-        150 s with 128 mm tiles, 40 s with 64 mm and 4 s with 48 mm or 32 mm
-        tiles (2 shared CPU cores); with ``neighbors="auto"`` (the 5-D grid
-        for the big tiles) 128 mm tiles took 50-90 s.
+        (``neighbors="dense"``); README.md (step 5) has the times by tile size.
     max_candidates : int
         Best-scored candidates kept per scan.
     min_cluster_voxels : int

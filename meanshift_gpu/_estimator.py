@@ -44,6 +44,10 @@ from ._validation import (
 ALGORITHMS = ("standard", "blurring")
 
 
+class NoSeedReachedError(ValueError):
+    """No seed's window held a point (scikit-learn raises a ValueError with the same message)."""
+
+
 @dataclass
 class _FitResult:
     centers: torch.Tensor  # original units
@@ -514,7 +518,7 @@ def _fit_scaled(est, config, data, scaled, weights, seeds, offset, scale, bandwi
         modes_at = scaled
     centers = _engine.merge_modes(ascent.positions, ascent.log_density)
     if centers.shape[0] == 0:
-        raise ValueError(
+        raise NoSeedReachedError(
             f"No point was within bandwidth={short_bandwidth(bandwidth)} of any seed. Try a "
             "different seeding strategy or increase the bandwidth."
         )
@@ -581,7 +585,7 @@ def _fit_zero_bandwidth(est, data, weights, seeds, bandwidth, scale, config) -> 
     rows = torch.unique(rows[rows >= 0])
     rows = rows[multiplicity[rows] > 0]
     if rows.numel() == 0:
-        raise ValueError(
+        raise NoSeedReachedError(
             "No point was within bandwidth=0 of any seed. Try a different seeding strategy "
             "or increase the bandwidth."
         )

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ._engine.ascent import merge_modes
-from ._estimator import MeanShift
+from ._estimator import MeanShift, NoSeedReachedError
 from ._reference import flat_edge, squared_distances
 from ._seeding import get_bin_seeds
 from ._validation import check_bandwidth_value, check_points, resolve_device
@@ -131,9 +131,7 @@ def tiled_mean_shift(X, *, bandwidth, tile_size, halo=None, tile_features=None, 
         model = MeanShift(bandwidth=scale, seeds=seeds.astype(X.dtype), **options)
         try:
             model.fit(X[near])
-        except ValueError as exc:
-            if not _no_seed_reached_a_point(exc):
-                raise
+        except NoSeedReachedError:  # a sparse tile: its points keep label -1, as documented
             continue
         local = model.predict(X[core])
         used = np.unique(local)
@@ -177,11 +175,6 @@ def _merge_across_tiles(scaled_modes: np.ndarray, sizes: np.ndarray) -> np.ndarr
         covers = squared_distances(positions[block], positions[kept], edge) <= edge
         owner[block] = kept[covers.to(torch.uint8).argmax(1).numpy()]
     return owner
-
-
-def _no_seed_reached_a_point(exc: ValueError) -> bool:
-    """Whether a fit failed only because every seed's window was empty (a sparse tile)."""
-    return str(exc).startswith("No point was within bandwidth")
 
 
 def _check_tile_features(tile_features, n_features: int) -> np.ndarray:

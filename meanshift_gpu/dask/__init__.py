@@ -40,6 +40,7 @@ from .._engine import ascent as _engine
 from .._bandwidth.rules import effective_sample_size
 from .._decisions import DecisionLog, decide_dtype, paused, record, recording
 from .._estimator import MeanShift as _SingleMachineMeanShift
+from .._estimator import NoSeedReachedError
 from .._neighbors import kernel_reach
 from .._reference import using_flat_edge
 from .._spec import FitSpec, bandwidth_scale, flat_edge_of, median_offset, resolve_bandwidth
@@ -569,7 +570,7 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
             centers = _engine.merge_modes(positions, intensity)
         self._worker_decisions = worker_decisions
         if centers.shape[0] == 0:
-            raise ValueError(
+            raise NoSeedReachedError(
                 f"No point was within bandwidth={self.bandwidth_} of any seed. Try a different "
                 "seeding strategy or increase the bandwidth."
             )

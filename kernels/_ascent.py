@@ -456,6 +456,36 @@ class GridRanges:
         return (cells * self.cell_stride).sum(1)
 
 
+def launch_tile(
+    n_features: int, kernel: str, device: torch.device, dtype: torch.dtype, *,
+    tile: Tile | None = None, variant: str | None = None,
+) -> tuple[Tile, bool]:
+    """The tile a launch uses, and whether it runs the tensor-core (``mma``) variant.
+
+    ``tile`` None takes the committed table's (the interpreter's small tile
+    under ``TRITON_INTERPRET=1``); ``variant`` None takes
+    ``MEANSHIFT_GPU_ASCENT_VARIANT`` or :data:`DEFAULT_VARIANT`.  The mma
+    variant runs float32 only, on tiles of at least 16 rows.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from meanshift_gpu.kernels._ascent import launch_tile
+    >>> tile, mma = launch_tile(2, "flat", torch.device("cpu"), torch.float32, variant="reduce")
+    >>> mma
+    False
+    """
+    if tile is None:
+        tile = _INTERPRETER_TILE if INTERPRETED else pick_tile("ascent", n_features, kernel, device, dtype)
+    variant = variant or os.environ.get("MEANSHIFT_GPU_ASCENT_VARIANT") or DEFAULT_VARIANT
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown ascent variant {variant!r}; expected one of {VARIANTS}")
+    use_mma = variant == "mma" and dtype == torch.float32
+    if use_mma and tile.rows < 16:
+        tile = Tile(16, max(16, tile.cols), tile.num_warps, tile.num_stages)
+    return tile, use_mma
+
+
 def ascent_steps(
     positions: torch.Tensor,
     density: torch.Tensor,
@@ -540,8 +570,7 @@ def ascent_steps(
     n_order = order.shape[0]
     if n_order == 0 or n_steps <= 0:
         return
-    if tile is None:
-        tile = _INTERPRETER_TILE if INTERPRETED else pick_tile("ascent", n_features, kernel, positions.device, dtype)
+    tile, use_mma = launch_tile(n_features, kernel, positions.device, dtype, tile=tile, variant=variant)
     if ranges is None:
         dummy_int = order
         cell_args = (dummy_int, dummy_int, dummy_int, positions)
@@ -558,15 +587,8 @@ def ascent_steps(
         TRUNCATE=ranges is not None and kernel == "gaussian",
         DTYPE=tl.float64 if dtype == torch.float64 else tl.float32,
         BLOCK_S=tile.rows, BLOCK_N=tile.cols,
+        MMA=use_mma, MMA_WIDTH=max(16, triton.next_power_of_2(n_features + 1)),
     )
-    variant = variant or os.environ.get("MEANSHIFT_GPU_ASCENT_VARIANT") or DEFAULT_VARIANT
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown ascent variant {variant!r}; expected one of {VARIANTS}")
-    use_mma = variant == "mma" and dtype == torch.float32
-    meta.update(MMA=use_mma, MMA_WIDTH=max(16, triton.next_power_of_2(n_features + 1)))
-    if use_mma and tile.rows < 16:
-        tile = Tile(16, max(16, tile.cols), tile.num_warps, tile.num_stages)
-        meta.update(BLOCK_S=tile.rows, BLOCK_N=tile.cols)
     if not INTERPRETED:
         meta.update(num_warps=tile.num_warps, num_stages=tile.num_stages)
     rest_eps = 2.0 * torch.finfo(dtype).eps

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -69,11 +68,6 @@ class Decision:
     automatic: bool = True
     choice: Any = field(default=None, compare=False, repr=False)
 
-    @property
-    def chosen(self) -> Any:
-        """What the code runs with: ``choice`` when set, else ``value``."""
-        return self.value if self.choice is None else self.choice
-
     def __str__(self) -> str:
         return f"{self.name}: {self.value} ({self.reason})"
 
@@ -101,12 +95,6 @@ class DecisionLog:
 
     def __iter__(self) -> Iterator[Decision]:
         return iter(self._decisions.values())
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._decisions
-
-    def __getitem__(self, name: str) -> Decision:
-        return self._decisions[name]
 
     def values(self) -> dict[str, Any]:
         return {d.name: d.value for d in self}
@@ -408,6 +396,15 @@ def row_cells(n_features: int, window: float, compiled: bool = False) -> int:
     return 8 if window < ROW_CELLS_TORCH_16_FROM else 16
 
 
+BATCHED_GRID_STEP = "grid: cells of one reach, batched block-sparse step"
+
+
+def row_sums_step(compiled: bool, cells: int) -> str:
+    """The grid step's ``fit_info_["step"]`` value for row sums."""
+    how = "compiled C loop" if compiled else "torch"
+    return f"grid: row prefix sums, {how}, {cells} cell{'s' if cells != 1 else ''} per bandwidth"
+
+
 @dataclass(frozen=True)
 class GridStep:
     """How the grid method steps: row sums or not, compiled or not, cells per bandwidth."""
@@ -447,26 +444,24 @@ def decide_grid_step(
         compiled = why_not is None
         compiled_why = why_not or "the C extension runs on the CPU"
     if asked_rows is False:
-        return _made(Decision("step", "grid: cells of one reach, batched block-sparse step",
-                              "row sums turned off", automatic=False, choice=GridStep(False)))
+        return _made(Decision("step", BATCHED_GRID_STEP, "row sums turned off", automatic=False, choice=GridStep(False)))
     if asked_rows == "auto":
         most = ROWSUM_MAX_FEATURES if compiled else ROW_SUMS_TORCH_MAX_FEATURES
         if not possible or n_features > most:
             what = f"{kernel} kernel, {n_features} features"
-            return _made(Decision("step", f"grid: cells of one reach, batched block-sparse step ({what})",
+            return _made(Decision("step", f"{BATCHED_GRID_STEP} ({what})",
                                   f"auto: row sums need the flat kernel and at most {most} features here",
                                   choice=GridStep(False)))
         if backend_blocked_step:
             return _made(Decision("step", "grid: cells of one reach, the backend's block-sparse kernel",
                                   "auto: the backend has its own block-sparse kernel", choice=GridStep(False)))
         if not compiled and window() < ROW_SUMS_TORCH_MIN_WINDOW:
-            return _made(Decision("step", "grid: cells of one reach, batched block-sparse step",
+            return _made(Decision("step", BATCHED_GRID_STEP,
                                   f"auto: about {window():.0f} points per window < {ROW_SUMS_TORCH_MIN_WINDOW} "
                                   f"for the torch row sums (compiled loop: {compiled_why})",
                                   choice=GridStep(False)))
     cells = row_cells(n_features, window(), compiled)
-    how = "compiled C loop" if compiled else "torch"
-    value = f"grid: row prefix sums, {how}, {cells} cell{'s' if cells != 1 else ''} per bandwidth"
+    value = row_sums_step(compiled, cells)
     why = f"{'auto' if asked_rows == 'auto' else 'asked for'}: flat kernel in {n_features}-D, " \
           f"about {window():.0f} points per window; compiled: {compiled_why}"
     return _made(Decision("step", value, why, automatic=asked_rows == "auto",
@@ -548,21 +543,23 @@ def decide_ascent(
     return _made(Decision("ascent", "fused (grid ranges)", why, choice=per_reach))
 
 
-def decide_kernel_tile(op: str, n_features: int, kernel: str, device: torch.device, dtype: torch.dtype) -> Decision:
-    """The Triton kernel's tile for ``op`` from the committed table (``kernels/_tiles.py``; no autotuning in fit)."""
-    from .kernels._common import INTERPRETED
-    from .kernels._tiles import pick_tile
+def decide_kernel_tile(n_features: int, kernel: str, device: torch.device, dtype: torch.dtype) -> Decision:
+    """The fused ascent's launch tile (``choice``: a ``Tile``), as the launch picks it.
 
+    From the committed table (``kernels/_tiles.py``; no autotuning in fit),
+    the interpreter's small tile under ``TRITON_INTERPRET=1``, and at least
+    16 rows for the tensor-core variant (``MEANSHIFT_GPU_ASCENT_VARIANT=mma``).
+    """
+    from .kernels import _ascent_module
+    from .kernels._common import INTERPRETED
+
+    tile, mma = _ascent_module().launch_tile(n_features, kernel, device, dtype)
     if INTERPRETED:
-        return _made(Decision("kernel_tile", "interpreter tile", "TRITON_INTERPRET=1: a small tile for tests"))
-    tile = pick_tile(op, n_features, kernel, device, dtype)
-    why = f"the committed tile table for {op}, {n_features} features, {kernel}, {str(dtype).removeprefix('torch.')}"
-    if os.environ.get("MEANSHIFT_GPU_AUTOTUNE"):
-        why = "MEANSHIFT_GPU_AUTOTUNE is set: the kernel autotunes its tile"
-    variant = os.environ.get("MEANSHIFT_GPU_ASCENT_VARIANT")
-    if op == "ascent" and variant == "mma" and dtype == torch.float32:
-        tile = type(tile)(max(16, tile.rows), max(16, tile.cols), tile.num_warps, tile.num_stages)
-        why += "; MEANSHIFT_GPU_ASCENT_VARIANT=mma: tensor-core tiles of at least 16 x 16"
+        why = "TRITON_INTERPRET=1: the interpreter's small test tile"
+    else:
+        why = f"the committed tile table, {n_features} features, {kernel}, {str(dtype).removeprefix('torch.')}"
+    if mma:
+        why += "; the tensor-core variant (MEANSHIFT_GPU_ASCENT_VARIANT=mma)"
     value = f"{tile.rows} x {tile.cols}, {tile.num_warps} warps, {tile.num_stages} stages"
     return _made(Decision("kernel_tile", value, why, choice=tile))
 

@@ -23,7 +23,7 @@ from ._decisions import (
     decide_threads, paused, record, recording,
 )
 from ._neighbors import (
-    NEIGHBOR_METHODS, build_neighbor_method, check_neighbor_options, choose_neighbors, host_loop_method, kernel_reach,
+    NEIGHBOR_METHODS, choose_neighbors, host_loop_method, kernel_reach,
 )
 from ._reference import KERNELS, flat_edge, using_flat_edge
 from ._seeding import bin_seeds
@@ -346,7 +346,7 @@ class MeanShift(ClusterMixin, BaseEstimator):
         self.fit_info_ = decisions.as_fit_info()
         if self.verbose:
             for line in decisions.lines():
-                print(f"[meanshift_gpu] {line}", flush=True)
+                _engine.log_line(line)
         self.bandwidth_ = result.bandwidth
         self.cluster_sizes_ = np.bincount(
             self.labels_[self.labels_ >= 0], minlength=len(self.cluster_centers_)
@@ -444,7 +444,7 @@ def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
             seeds = binned * scale
 
     if not bool((scale > 0).all()):
-        return _fit_zero_bandwidth(est, data, weights, seeds, used, scale, config)
+        return _fit_zero_bandwidth(spec, data, weights, seeds, used, scale, config)
 
     scaled = (data - offset) / scale
     if not bool(torch.isfinite(scaled).all()):
@@ -457,35 +457,32 @@ def _fit(est: MeanShift, X, data: torch.Tensor, weights, device) -> _FitResult:
     # the rounding that the centring and scaling put into the distances.
     scaled_seeds = None if seeds is None else (seeds - offset) / scale
     with using_flat_edge(flat_edge_of(scaled, scaled_seeds)):
-        return _fit_scaled(est, config, data, scaled, weights, seeds, offset, scale, bandwidth, used,
-                           point_bandwidths, device)
+        return _fit_scaled(spec, config, scaled, weights, scaled_seeds, offset, scale, bandwidth, used,
+                           point_bandwidths)
 
 
-def _fit_scaled(est, config, data, scaled, weights, seeds, offset, scale, bandwidth, used, point_bandwidths,
-                device) -> _FitResult:
-    n_samples, n_features = data.shape
-    options = check_neighbor_options(est.neighbor_options)
-    reach = kernel_reach(est.kernel, options)
+def _fit_scaled(spec, config, scaled, weights, scaled_seeds, offset, scale, bandwidth, used, point_bandwidths):
+    n_samples, n_features = scaled.shape
+    device = scaled.device
+    options = spec.neighbor_options
+    reach = kernel_reach(spec.kernel, options)
     record("flat_edge", flat_edge(), "the flat window's edge on squared scaled distances: 1 plus the rounding "
            "of the centring and scaling, so points one bandwidth away are inside, as in scikit-learn")
-    if est.algorithm == "blurring":
+    if spec.algorithm == "blurring":
         method = decide_neighbors(
-            est.neighbors, n_seeds=n_samples, n_points=n_samples, n_features=n_features, device=device,
-            kernel=est.kernel, compiled=options["compiled"], per_point_bandwidths=point_bandwidths is not None,
+            spec.neighbors, n_seeds=n_samples, n_points=n_samples, n_features=n_features, device=device,
+            kernel=spec.kernel, compiled=options["compiled"], per_point_bandwidths=point_bandwidths is not None,
         ).value
-        decide_step_kernels(config.backend.name, data.dtype, est.kernel, method)
+        decide_step_kernels(config.backend.name, scaled.dtype, spec.kernel, method)
         decide_ascent(config.backend.name, method, options, n_features, blurring=True)
         decide_threads(device, "torch")
 
         def rebuild_method(points):
             # The data move every iteration, so the index is rebuilt on them.
-            return build_neighbor_method(
-                method, points, weights, kernel=est.kernel, options=options,
-                dense_step=config.backend.step, blocked_step=config.backend.blocked_step,
-            ).step
+            return host_loop_method(method, points, weights, kernel=spec.kernel, options=options,
+                                    backend=config.backend).step
 
-        make_step = None if method == "dense" else rebuild_method
-        ascent = _engine.blur(scaled, weights, config, make_step)
+        ascent = _engine.blur(scaled, weights, config, None if method == "dense" else rebuild_method)
         if method == "dense":
             record("step", "dense: every point against every point", "blurring with neighbors='dense'")
         else:
@@ -499,22 +496,20 @@ def _fit_scaled(est, config, data, scaled, weights, seeds, offset, scale, bandwi
                 positions=ascent.positions[keep], log_density=ascent.log_density[keep]
             )
     else:
-        if seeds is None:
-            seeds_scaled = scaled if weights is None else scaled[weights > 0]
-        else:
-            seeds_scaled = (seeds - offset) / scale
+        if scaled_seeds is None:
+            scaled_seeds = scaled if weights is None else scaled[weights > 0]
         method, grid = choose_neighbors(
-            est.neighbors, scaled, weights, n_seeds=seeds_scaled.shape[0], kernel=est.kernel, options=options,
+            spec.neighbors, scaled, weights, n_seeds=scaled_seeds.shape[0], kernel=spec.kernel, options=options,
             per_point_bandwidths=point_bandwidths is not None,
         )
-        ascent = _fused_ascent(config, method, options, seeds_scaled, scaled, weights, reach, point_bandwidths)
+        ascent = _fused_ascent(config, method, options, scaled_seeds, scaled, weights, reach, point_bandwidths)
         if ascent is None:
-            neighbors = host_loop_method(method, scaled, weights, kernel=est.kernel, options=options,
+            neighbors = host_loop_method(method, scaled, weights, kernel=spec.kernel, options=options,
                                          backend=config.backend, grid=grid)
             decide_threads(device, "compiled" if neighbors.threaded else "pieces")
             with ascent_threads(device) as threads:
                 step = neighbors.step if neighbors.threaded else split_across_threads(neighbors.step, threads)
-                ascent = _engine.ascend_seeds(seeds_scaled, scaled, weights, config, step)
+                ascent = _engine.ascend_seeds(scaled_seeds, scaled, weights, config, step)
         modes_at = scaled
     centers = _engine.merge_modes(ascent.positions, ascent.log_density)
     if centers.shape[0] == 0:
@@ -522,7 +517,7 @@ def _fit_scaled(est, config, data, scaled, weights, seeds, offset, scale, bandwi
             f"No point was within bandwidth={short_bandwidth(bandwidth)} of any seed. Try a "
             "different seeding strategy or increase the bandwidth."
         )
-    labels = _engine.assign_labels(modes_at, centers, config, est.cluster_all)
+    labels = _engine.assign_labels(modes_at, centers, config, spec.cluster_all)
     return _FitResult(
         centers=centers * scale + offset,
         labels=labels,
@@ -555,7 +550,7 @@ def _fused_ascent(config, method, options, seeds, data, weights, reach, point_ba
             return None
         record("ascent", f"fused (ranges over {ranges.n_cells} cells of {ranges.cell_side:.4g} bandwidths)",
                plan.reason)
-    decide_kernel_tile("ascent", data.shape[1], config.kernel, data.device, data.dtype)
+    decide_kernel_tile(data.shape[1], config.kernel, data.device, data.dtype)
     decide_step_kernels(config.backend.name, data.dtype, config.kernel, method, fused=True)
     decide_threads(data.device, "torch")
     record("step", None, "the fused ascent is its own step")
@@ -566,7 +561,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _fit_zero_bandwidth(est, data, weights, seeds, bandwidth, scale, config) -> _FitResult:
+def _fit_zero_bandwidth(spec, data, weights, seeds, bandwidth, scale, config) -> _FitResult:
     """Bandwidth 0 (an estimate on heavily duplicated data): modes are the points.
 
     Every kernel shrinks to "the identical points", so each distinct point
@@ -595,7 +590,7 @@ def _fit_zero_bandwidth(est, data, weights, seeds, bandwidth, scale, config) -> 
     center_of_unique = torch.full((unique.shape[0],), -1, dtype=torch.long, device=data.device)
     center_of_unique[_match_rows(unique, centers)] = torch.arange(centers.shape[0], device=data.device)
     labels = center_of_unique[inverse]
-    if est.cluster_all and bool((labels < 0).any()):
+    if spec.cluster_all and bool((labels < 0).any()):
         missing = labels < 0
         labels[missing] = _reference_nearest(data[missing], centers)
     return _FitResult(centers, labels, 0, bandwidth, torch.ones_like(scale), torch.zeros_like(scale))

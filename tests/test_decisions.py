@@ -195,12 +195,15 @@ def test_bandwidth_decision(bandwidth, automatic, why):
         assert info["bandwidth"] == "1.5"
 
 
-def test_auto_rule_fallback_is_recorded_through_the_pause():
-    X = np.zeros((50, 2))
-    X[25:] = 1.0  # two points repeated: no stable range of bandwidths
-    info = MeanShift(bandwidth="auto", device="cpu").fit(X).fit_info_
-    if "bandwidth_rule" in info:  # the stability path may still find a range here
-        assert info["bandwidth_rule"] == "knn" and "k-th neighbour" in info["reasons"]["bandwidth_rule"]
+def test_auto_rule_fallback_is_recorded_through_the_pause(monkeypatch):
+    import types
+
+    from meanshift_gpu._bandwidth import rules
+
+    # A stability path that finds no usable bandwidth (as on degenerate data).
+    monkeypatch.setattr(rules, "bandwidth_path", lambda *a, **k: types.SimpleNamespace(bandwidth=float("nan")))
+    info = MeanShift(bandwidth="auto", device="cpu").fit(_blobs(300)).fit_info_
+    assert info["bandwidth_rule"] == "knn" and "k-th neighbour" in info["reasons"]["bandwidth_rule"]
     with recording(DecisionLog()) as log, _decisions.paused():
         _decisions.record("bandwidth_rule", "knn", "test", through_pause=True)
         _decisions.record("merge", "blockwise", "an inner fit's")

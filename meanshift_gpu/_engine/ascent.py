@@ -66,7 +66,12 @@ class EngineConfig:
 
     def log(self, message: str) -> None:
         if self.verbose:
-            print(f"[meanshift_gpu] {message}", flush=True)
+            log_line(message)
+
+
+def log_line(message: str) -> None:
+    """One line of ``verbose`` output."""
+    print(f"[meanshift_gpu] {message}", flush=True)
 
 
 class Ascent(NamedTuple):

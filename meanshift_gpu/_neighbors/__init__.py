@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from .._decisions import (
-    CPU_TILE_ELEMENTS, GRID_MAX_FEATURES, decide_grid_step, decide_neighbors, decide_step_kernels, record,
+    BATCHED_GRID_STEP, CPU_TILE_ELEMENTS, GRID_MAX_FEATURES, decide_grid_step, decide_neighbors, decide_step_kernels, record,
 )
 from .._engine.backends import Blocks
 from .._reference import flat_edge
@@ -293,12 +293,11 @@ def build_neighbor_method(
             except OverflowError:
                 if options["row_sums"] is True:
                     raise
-                record("step", "grid: cells of one reach, batched block-sparse step",
-                       "row sums: the data span too many fine cells for int64 keys")
+                record("step", BATCHED_GRID_STEP, "row sums: the data span too many fine cells for int64 keys")
             else:
                 return RowSumNeighbors(rows, compiled=plan.choice.compiled, max_pairs=max_pairs, detail=plan.value)
         return GridNeighbors(
-            grid_index(), blocked_step=blocked_step, detail=plan.value if not plan.choice.row_sums else "",
+            grid_index(), blocked_step=blocked_step, detail=BATCHED_GRID_STEP if plan.choice.row_sums else plan.value,
             max_indices=lambda blocks: pair_budget(_GRID_MAX_INDICES, blocks),
         )
     if method == "lsh":

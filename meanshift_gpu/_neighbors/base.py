@@ -25,9 +25,6 @@ class NeighborMethod:
         The method's name as ``neighbors=`` takes it ("dense", "grid", "lsh", "faiss").
     detail : str
         What the step runs, in words (``fit_info_["step"]``).
-    exact : bool
-        True when every point within reach is read (dense, grid); False for
-        candidate lists that may miss some (LSH, faiss IVF).
     threaded : bool
         True when the step spreads its own work over the CPU threads (the
         compiled row sums); the engine then does not split it.
@@ -35,7 +32,6 @@ class NeighborMethod:
 
     name = ""
     detail = ""
-    exact = True
     threaded = False
 
     def step(self, seeds: torch.Tensor, kernel: str, blocks: Blocks) -> StepResult:

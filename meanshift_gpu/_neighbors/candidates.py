@@ -32,8 +32,6 @@ class CandidateListNeighbors(NeighborMethod):
     block-sparse step on each seed's list (blocks of one seed).
     """
 
-    exact = False
-
     def __init__(self, data, weights, index, *, reach: float, max_pairs: Callable[[object], int],
                  blocked_step: Callable | None = None):
         self.data, self.weights, self.index, self.reach = data, weights, index, reach

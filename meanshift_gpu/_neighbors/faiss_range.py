@@ -68,4 +68,3 @@ class FaissNeighbors(CandidateListNeighbors):
         index = FaissIndex(data, reach, options)
         super().__init__(data, weights, index, reach=reach, max_pairs=max_pairs, blocked_step=blocked_step)
         self.detail = f"faiss: candidate lists (faiss {index.kind} index)"
-        self.exact = index.kind == "flat"

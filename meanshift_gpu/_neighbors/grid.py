@@ -19,6 +19,7 @@ import math
 
 import torch
 
+from .._decisions import BATCHED_GRID_STEP
 from .._reference import StepResult
 from .base import NeighborMethod
 
@@ -230,7 +231,7 @@ class GridNeighbors(NeighborMethod):
         self.index = index
         self._max_indices = max_indices
         self._blocked_step = blocked_step
-        self.detail = detail or "grid: cells of one reach, batched block-sparse step"
+        self.detail = detail or BATCHED_GRID_STEP
 
     def step(self, seeds, kernel, blocks):
         return grid_mean_shift_step(

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from .._reference import StepResult, flat_edge
-from .._decisions import ROW_CELLS
+from .._decisions import ROW_CELLS, row_sums_step
 from .base import NeighborMethod
 from .grid import MAX_KEY_SPACE
 
@@ -574,9 +574,7 @@ class RowSumNeighbors(NeighborMethod):
         self.compiled = compiled
         self.threaded = compiled
         self._max_pairs = max_pairs
-        cells = index.m
-        how = "compiled C loop" if compiled else "torch"
-        self.detail = detail or f"grid: row prefix sums, {how}, {cells} cell{'s' if cells != 1 else ''} per bandwidth"
+        self.detail = detail or row_sums_step(compiled, index.m)
 
     def step(self, seeds, kernel, blocks):
         if self.compiled:

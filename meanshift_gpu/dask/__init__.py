@@ -228,20 +228,17 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
             raise ValueError(f"bandwidth_n_samples must be >= 1, got {self.bandwidth_n_samples!r}")
         # The single-machine estimator's settings, resolved by the same code.
         spec = FitSpec.from_estimator(self)
-        # The driver's decisions (bandwidth, partitions, merge) go in this log;
-        # each worker records its own, and fit_info_ combines them.
-        self._worker_decisions = []
-        with recording(DecisionLog()) as driver:
+        # The driver's decisions (bandwidth, partitions, merge) and, combined,
+        # the ones each partition's worker made for itself.
+        with recording(DecisionLog()) as decisions:
             if _is_dask(X):
                 self._fit_dask(client, spec, X, sample_weight)
             else:
                 self._fit_memory(client, spec, X, sample_weight)
-        self.fit_info_ = _combined_fit_info(driver, self._worker_decisions)
-        del self._worker_decisions
+        self.fit_info_ = decisions.as_fit_info()
         if self.verbose:
-            for name, value in self.fit_info_.items():
-                if name != "reasons":
-                    print(f"[meanshift_gpu] {name}: {value} ({self.fit_info_['reasons'][name]})", flush=True)
+            for line in decisions.lines():
+                _engine.log_line(line)
         return self
 
     def _client(self):
@@ -463,7 +460,7 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
         """Partition, seed, iterate in rounds; return the merged centers (scaled)."""
         P = plan.n_partitions
         clock = time.perf_counter()
-        log = _engine.EngineConfig(None, plan.spec.kernel, None, 0.0, 0, plan.spec.verbose).log
+        log = _engine.log_line if plan.spec.verbose else (lambda message: None)
         # 1. Split every chunk into the pieces of the partitions it touches.
         splits = [
             client.submit(eng.split_chunk, c, w, plan, key=f"meanshift-split-{token}-{i}")
@@ -564,11 +561,11 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
         positions = torch.cat([torch.as_tensor(f[0]).reshape(-1, d) for f in finished]).to(dt)
         intensity = torch.cat([torch.as_tensor(f[1]).reshape(-1) for f in finished]).to(dt)
         stats.n_candidates = int(positions.shape[0])
+        _record_partition_decisions(worker_decisions)
         with using_flat_edge(plan.flat_edge):
             record("flat_edge", plan.flat_edge, "the flat window's edge on squared scaled distances, "
                    "sent to every worker")
             centers = _engine.merge_modes(positions, intensity)
-        self._worker_decisions = worker_decisions
         if centers.shape[0] == 0:
             raise NoSeedReachedError(
                 f"No point was within bandwidth={self.bandwidth_} of any seed. Try a different "
@@ -666,30 +663,24 @@ max_iter, kernel, algorithm, tol, device, backend, neighbors, neighbor_options, 
 
 
 # ----------------------------------------------------------------------------- helpers
-def _combined_fit_info(driver: DecisionLog, workers: list[dict]) -> dict:
-    """``fit_info_`` of a Dask fit: the driver's decisions, and each worker-made one with its distinct values.
+def _record_partition_decisions(workers: list[dict]) -> None:
+    """Record, in the driver's log, each decision the partitions' workers made, with the values they took.
 
     Partitions decide for themselves (their sizes differ, so may their
-    neighbour method or step); a decision on which they differ shows all
-    their values, joined by " | ", and so do the reasons.
+    neighbour method or step); where they differ, the value lists all of
+    theirs joined by " | ", and the reason gives each value's own.
     """
     taken: dict[str, list] = {}  # name -> distinct (value, reason) pairs, in order
     for worker in workers:
         for name, value in worker.items():
             if name != "reasons" and (value, worker["reasons"][name]) not in taken.setdefault(name, []):
                 taken[name].append((value, worker["reasons"][name]))
-    info, reasons = {}, {}
     for name, pairs in taken.items():
         values = list(dict.fromkeys(value for value, _ in pairs))
-        info[name] = values[0] if len(values) == 1 else " | ".join(map(str, values))
         if len(values) == 1:
-            reasons[name] = " | ".join(dict.fromkeys(why for _, why in pairs))
+            record(name, values[0], " | ".join(dict.fromkeys(why for _, why in pairs)))
         else:
-            reasons[name] = " | ".join(f"{value}: {why}" for value, why in pairs)
-    info.update(driver.values())
-    reasons.update(driver.reasons())
-    info["reasons"] = reasons
-    return info
+            record(name, " | ".join(map(str, values)), " | ".join(f"{value}: {why}" for value, why in pairs))
 
 
 def _lap(stats, stage: str, since: float) -> float:

@@ -397,7 +397,7 @@ def round_summary(result: dict) -> dict:
         "max_iter": result["max_iter"],
         "seconds": result["seconds"],
         "method": result["method"],
-        "decisions": result.get("decisions"),
+        "decisions": result["decisions"],
     }
 
 
